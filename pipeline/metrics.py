@@ -1,0 +1,44 @@
+"""Per-round summary metrics (DVC metrics) and plot data (DVC plots)."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from statistics import fmean
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(fmean(values), 6) if values else None
+
+
+def round_metrics(traces: list[dict], progress: list[dict], regrets: list[dict], selected: list[dict], method: str) -> dict:
+    budgets: dict[str, list[float]] = defaultdict(list)
+    for row in regrets:
+        for budget, value in json.loads(row["regret_by_budget"]).items():
+            budgets[budget].append(value)
+    return {
+        "method": method,
+        "traces_sampled": len(traces),
+        "problems": len({t["problem_id"] for t in traces}),
+        "accuracy": _mean([float(t["correct"]) for t in traces]),
+        "unparsed_rate": _mean([float(t["grade"] == "unparsed") for t in traces]),
+        "closed_thinking_rate": _mean([float(t["thinking_end"] >= 0) for t in traces]),
+        "mean_tokens": _mean([t["n_tokens"] for t in traces]),
+        "mean_episodes": _mean([r["n_episodes"] for r in regrets]),
+        "mean_progress": _mean([p["progress"] for p in progress]),
+        "mean_j_direct": _mean([r["j_direct"] for r in regrets]),
+        "mean_j_final": _mean([r["j_final"] for r in regrets]),
+        "mean_j_best": _mean([r["j_best"] for r in regrets]),
+        "mean_regret": _mean([r["regret"] for r in regrets]),
+        "mean_regret_by_budget": {b: _mean(v) for b, v in sorted(budgets.items(), key=lambda kv: int(kv[0]))},
+        "traces_kept": len(selected),
+        "mean_kept_completion_tokens": _mean([len(s["completion_ids"]) for s in selected]),
+    }
+
+
+def j_by_prefix(prover_rows: list[dict]) -> list[dict]:
+    """Mean J and count per prefix index: the data of the `J vs prefix` plot."""
+    groups: dict[int, list[float]] = defaultdict(list)
+    for row in prover_rows:
+        groups[row["prefix_index"]].append(row["j_hat"])
+    return [{"prefix_index": j, "mean_j": round(fmean(v), 6), "traces": len(v)} for j, v in sorted(groups.items())]

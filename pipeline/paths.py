@@ -1,0 +1,60 @@
+"""Where every stage reads and writes: one place, so the CLI, DVC and tests agree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def base_model(self) -> Path:
+        return self.root / "base_model"
+
+    @property
+    def problems(self) -> Path:
+        return self.root / "problems"
+
+    def problems_split(self, split: str) -> Path:
+        return self.problems / f"{split}.parquet"
+
+    @property
+    def problem_rejects(self) -> Path:
+        return self.problems / "rejects.parquet"
+
+    def round_dir(self, round_index: int) -> Path:
+        return self.root / "rounds" / str(round_index)
+
+    def traces(self, r: int) -> Path:
+        return self.round_dir(r) / "traces"
+
+    def episodes(self, r: int) -> Path:
+        return self.round_dir(r) / "episodes.parquet"
+
+    def prover(self, r: int) -> Path:
+        return self.round_dir(r) / "prover"
+
+    def progress(self, r: int) -> Path:
+        return self.round_dir(r) / "progress.parquet"
+
+    def regret(self, r: int) -> Path:
+        return self.round_dir(r) / "regret.parquet"
+
+    def selected(self, r: int) -> Path:
+        return self.round_dir(r) / "selected.parquet"
+
+    def metrics(self, r: int) -> Path:
+        return self.round_dir(r) / "metrics.json"
+
+    def model(self, r: int) -> Path:
+        return self.round_dir(r) / "model"
+
+    def exports(self, r: int) -> Path:
+        return self.round_dir(r) / "export"
+
+    def policy(self, r: int) -> Path:
+        """The model that samples round r: the base model in round 0, else round r-1's SFT model."""
+        return self.base_model if r == 0 else self.model(r - 1)

@@ -1,0 +1,80 @@
+"""Supervised fine-tuning with trl on the selected targets.
+
+The dataset is passed to `SFTTrainer` already tokenized (`input_ids` + `completion_mask`):
+prompt and target ids come straight from the traces, so nothing is decoded and
+re-encoded, no BOS is doubled, and the loss covers the completion (thinking included) only.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from pipeline.config import TrainConfig
+from pipeline.models import REF_FILE, ModelRef, load_causal_lm, load_tokenizer
+
+
+def sft_dataset(rows: list[dict], max_length: int):
+    """A tokenized `datasets.Dataset` for trl from selected rows."""
+    from datasets import Dataset
+
+    records = []
+    for row in rows:
+        prompt, completion = list(row["prompt_ids"]), list(row["completion_ids"])
+        ids = (prompt + completion)[:max_length]
+        mask = ([0] * len(prompt) + [1] * len(completion))[:max_length]
+        records.append({"input_ids": ids, "completion_mask": mask})
+    return Dataset.from_list(records)
+
+
+def write_pointer(init: ModelRef, out_dir: Path) -> None:
+    """Nothing to train on: the round's model is its starting model, recorded as a pointer."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / REF_FILE).write_text(json.dumps(init.__dict__, indent=2) + "\n")
+
+
+def train_sft(rows: list[dict], init: ModelRef, out_dir: Path, config: TrainConfig, dtype: str = "float32") -> dict:
+    """Fine-tune `init` on `rows` and save the model to `out_dir`; returns training metrics."""
+    if not rows:
+        write_pointer(init, out_dir)
+        return {"examples": 0, "trained": False}
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = load_tokenizer(init)
+    model = load_causal_lm(init, dtype=dtype, device="cpu")
+    model.train()
+    dataset = sft_dataset(rows, config.max_length)
+    with tempfile.TemporaryDirectory(prefix="mrt-sft-") as scratch:
+        args = SFTConfig(
+            output_dir=scratch,
+            num_train_epochs=config.epochs,
+            learning_rate=config.learning_rate,
+            per_device_train_batch_size=config.batch_size,
+            gradient_accumulation_steps=config.grad_accum,
+            warmup_steps=config.warmup_ratio,
+            lr_scheduler_type=config.lr_scheduler,
+            bf16=config.bf16,
+            seed=config.seed,
+            data_seed=config.seed,
+            logging_steps=config.logging_steps,
+            save_strategy="no",
+            report_to="none",
+            completion_only_loss=True,
+            max_length=config.max_length,
+            dataset_num_proc=None,
+            disable_tqdm=False,
+        )
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        result = trainer.train()
+        trainer.save_model(str(out_dir))
+    tokenizer.save_pretrained(out_dir)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {
+        "examples": len(rows),
+        "trained": True,
+        "steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "first_logged_loss": losses[0] if losses else None,
+        "last_logged_loss": losses[-1] if losses else None,
+    }

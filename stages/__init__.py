@@ -1,0 +1,1 @@
+"""Thin DVC stages: read parameters and inputs, call `pipeline`, write outputs."""

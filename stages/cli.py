@@ -1,0 +1,102 @@
+"""`mrt`: one command per pipeline stage, reading the same `params.yaml` as DVC."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import typer
+
+from pipeline.config import ConfigError, Params, load_params
+from pipeline.models import ModelNotFoundError
+from pipeline.problems import ProblemSourceError
+
+app = typer.Typer(
+    help="MRT-STaR: sample reasoning traces, score their episodes with the meta-prover, "
+    "select and truncate the traces that make progress, fine-tune, repeat. "
+    "Every command reads params.yaml (or --params) and accepts --set key.path=value overrides.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ParamsOption = typer.Option(Path("params.yaml"), "--params", "-p", help="Parameters file (the one DVC reads).")
+SetOption = typer.Option(None, "--set", "-s", help="Override a parameter, e.g. --set sample.n=4 (repeatable).")
+RoundOption = typer.Option(0, "--round", "-r", min=0, help="Round index: round r samples with round r-1's model.")
+
+_EXPECTED_ERRORS = (ConfigError, ModelNotFoundError, ProblemSourceError, FileNotFoundError, ValueError)
+
+
+def _run(params_file: Path, overrides: list[str] | None, action: Callable[[Params], str]) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        params = load_params(params_file, overrides or [])
+        message = action(params)
+    except _EXPECTED_ERRORS as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from None
+    except KeyboardInterrupt:
+        typer.secho("interrupted: completed shards are kept; rerun to resume", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(code=130) from None
+    typer.secho(message, fg=typer.colors.GREEN)
+
+
+@app.command("prepare-model")
+def prepare_model(params: Path = ParamsOption, set_: list[str] = SetOption) -> None:
+    """Materialize the base model as data/base_model (convert the embedded GGUF, or point at a hub id / folder)."""
+    from stages import prepare
+
+    _run(params, set_, prepare.run_model)
+
+
+@app.command("prepare-problems")
+def prepare_problems(params: Path = ParamsOption, set_: list[str] = SetOption) -> None:
+    """Load, validate and split problems into data/problems/{train,eval,rejects}.parquet."""
+    from stages import prepare
+
+    _run(params, set_, prepare.run_problems)
+
+
+@app.command("prepare")
+def prepare_all(params: Path = ParamsOption, set_: list[str] = SetOption) -> None:
+    """Both prepare steps: base model and problems."""
+    from stages import prepare
+
+    _run(params, set_, lambda p: prepare.run_model(p) + "\n" + prepare.run_problems(p))
+
+
+def _round_command(name: str, module: str, doc: str) -> None:
+    def command(round_index: int = RoundOption, params: Path = ParamsOption, set_: list[str] = SetOption) -> None:
+        import importlib
+
+        stage = importlib.import_module(f"stages.{module}")
+        _run(params, set_, lambda p: stage.run(p, round_index))
+
+    command.__doc__ = doc
+    app.command(name)(command)
+
+
+_round_command("sample", "sample", "Sample traces for the training problems with this round's policy; graded, sharded, resumable.")
+_round_command("split", "split", "Split every trace's thinking block into episodes (marker, regex or token-window rule).")
+_round_command("prove", "prove", "Meta-prover: force an answer K times after every episode prefix; estimates J(j). Sharded, resumable.")
+_round_command("score", "score", "Progress per episode (J(j) - J(j-1)) and normalized cumulative regret per trace.")
+_round_command("select", "select", "Select SFT targets: MRT-STaR (truncate at the best prefix) or STaR; writes round metrics.")
+_round_command("train", "train", "Supervised fine-tuning with trl on the selected targets (loss on the completion only).")
+_round_command("export", "export", "Export selected targets as Parquet: trl prompt/completion and messages formats.")
+
+
+@app.command("show-params")
+def show_params(params: Path = ParamsOption, set_: list[str] = SetOption) -> None:
+    """Print the validated parameters, defaults filled in."""
+    import yaml
+
+    _run(params, set_, lambda p: yaml.safe_dump(p.model_dump(mode="json"), sort_keys=False).rstrip())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""Stage `sample`: traces for every training problem, graded, in resumable shards."""
+
+from __future__ import annotations
+
+from pipeline.config import Params
+from pipeline.io import ShardedWriter, chunked, stable_hash
+from pipeline.models import fingerprint
+from pipeline.sampling import sample_traces
+from pipeline.tables import TRACES, from_rows
+from stages.common import layout, open_policy, progress, rows
+
+
+def run(params: Params, round_index: int) -> str:
+    paths = layout(params)
+    problems = rows(paths.problems_split("train"))
+    policy = paths.policy(round_index)
+    fingerprint_data = {
+        "round": round_index,
+        "sample": params.sample.model_dump(mode="json"),
+        "model": params.model.model_dump(mode="json"),
+        "policy": fingerprint(policy),
+        "problems": stable_hash([(p["problem_id"], p["answer"]) for p in problems]),
+    }
+    writer = ShardedWriter(paths.traces(round_index), fingerprint_data, {"policy_folder": str(policy)})
+    shards = [(i, chunk) for i, chunk in chunked(problems, params.sample.shard_size) if not writer.is_done(i)]
+    if not shards:
+        return f"round {round_index}: all trace shards already complete"
+    ref, _, prompts, backend = open_policy(params, round_index)
+    total = sum(len(chunk) for _, chunk in shards) * params.sample.n
+    with progress(total, f"sample r{round_index}") as update:
+        for index, chunk in shards:
+            table_rows = sample_traces(chunk, backend, prompts, params.sample, round_index, ref.label, on_done=update)
+            writer.write(index, from_rows(table_rows, TRACES))
+    backend.close()
+    return f"round {round_index}: sampled {total} traces in {len(shards)} shard(s)"

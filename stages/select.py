@@ -1,0 +1,31 @@
+"""Stage `select`: SFT targets (MRT-STaR or STaR), round metrics and plot data."""
+
+from __future__ import annotations
+
+from pipeline.config import Params
+from pipeline.io import write_json, write_table
+from pipeline.metrics import j_by_prefix, round_metrics
+from pipeline.models import load_tokenizer
+from pipeline.selection import select_mrt, select_star
+from pipeline.tables import PROGRESS, PROVER, REGRET, SELECTED, TRACES, from_rows
+from stages.common import layout, policy_ref, prompt_builder, rows
+
+
+def run(params: Params, round_index: int) -> str:
+    paths = layout(params)
+    traces = rows(paths.traces(round_index), TRACES)
+    prover_rows = rows(paths.prover(round_index), PROVER)
+    regret_rows = rows(paths.regret(round_index), REGRET)
+    regrets = {r["trace_id"]: r for r in regret_rows}
+    problems = {p["problem_id"]: p for p in rows(paths.problems_split("train"))}
+    prompts = prompt_builder(params, load_tokenizer(policy_ref(params, round_index)[1]))
+    if params.select.method == "mrt":
+        selected = select_mrt(traces, prover_rows, regrets, problems, prompts, params.select)
+    else:
+        selected = select_star(traces, regrets, problems, prompts, params.select)
+    write_table(from_rows(selected, SELECTED), paths.selected(round_index))
+    progress_rows = rows(paths.progress(round_index), PROGRESS)
+    metrics = round_metrics(traces, progress_rows, regret_rows, selected, params.select.method)
+    write_json({"round": round_index, **metrics}, paths.metrics(round_index))
+    write_json(j_by_prefix(prover_rows), paths.round_dir(round_index) / "plots" / "j_by_prefix.json")
+    return f"round {round_index}: kept {len(selected)} of {len(traces)} traces ({params.select.method})"

@@ -1,0 +1,28 @@
+"""Stage `split`: cut every trace's thinking block into episodes."""
+
+from __future__ import annotations
+
+from pipeline.config import Params
+from pipeline.episodes import split_episodes
+from pipeline.io import write_table
+from pipeline.models import load_tokenizer
+from pipeline.prover import thinking_ids
+from pipeline.tables import EPISODES, TRACES, from_rows
+from pipeline.tokens import decode, token_char_starts
+from stages.common import layout, policy_ref, rows
+
+
+def run(params: Params, round_index: int) -> str:
+    paths = layout(params)
+    traces = rows(paths.traces(round_index), TRACES)
+    tokenizer = load_tokenizer(policy_ref(params, round_index)[1])
+    out = []
+    for trace in traces:
+        ids = thinking_ids(trace)
+        episodes, rule = split_episodes(decode(tokenizer, ids), token_char_starts(tokenizer, ids), params.episodes)
+        out.extend(
+            {"trace_id": trace["trace_id"], "episode_index": i, "rule": rule, **episode.__dict__}
+            for i, episode in enumerate(episodes, start=1)
+        )
+    write_table(from_rows(out, EPISODES), paths.episodes(round_index))
+    return f"round {round_index}: {len(out)} episodes in {len(traces)} traces"

@@ -1,0 +1,44 @@
+import pytest
+
+from pipeline.config import ConfigError, load_params
+
+
+def test_defaults_load_and_repo_params_are_valid():
+    params = load_params("params.yaml")
+    assert params.model.family == "chatml_think"
+    assert params.sample.n > 0
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("sample.n=-1", "sample.n"),
+        ("model.family=gpt5", "model.family"),
+        ("prover.k=0", "prover.k"),
+        ("sample.top_p=1.5", "sample.top_p"),
+        ("sample.temprature=0.5", "sample.temprature"),
+        ("train.learning_rate=fast", "train.learning_rate"),
+    ],
+)
+def test_bad_parameter_names_its_key(tmp_path, override, key):
+    with pytest.raises(ConfigError) as error:
+        load_params(tmp_path / "missing.yaml", [override])
+    assert key in str(error.value)
+
+
+def test_unknown_key_in_file_is_reported(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("sample:\n  n: 2\n  nn: 3\n")
+    with pytest.raises(ConfigError, match=r"sample\.nn: unknown key"):
+        load_params(path)
+
+
+def test_override_parses_yaml_values(tmp_path):
+    params = load_params(tmp_path / "none.yaml", ["sample.n=4", "regret.budget_fractions=[0.5, 1.0]"])
+    assert params.sample.n == 4
+    assert params.regret.budget_fractions == [0.5, 1.0]
+
+
+def test_file_source_requires_path(tmp_path):
+    with pytest.raises(ConfigError, match="problems.path"):
+        load_params(tmp_path / "none.yaml", ["problems.source=jsonl"])
