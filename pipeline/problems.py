@@ -55,6 +55,11 @@ def _reasoning_gym_rows(config: ProblemsConfig) -> tuple[str, list[RawRow]]:
     return f"reasoning_gym/{task}", rows
 
 
+def _enough(config: ProblemsConfig, accepted: int) -> bool:
+    """Generated pools are oversized on purpose: stop reading once the splits are full."""
+    return config.source == "reasoning_gym" and accepted >= config.train_size + config.eval_size
+
+
 def _file_rows(config: ProblemsConfig) -> tuple[str, list[RawRow]]:
     path = config.path or ""
     if config.source == "hf":
@@ -148,6 +153,8 @@ def load_problems(config: ProblemsConfig) -> tuple[pa.Table, pa.Table, pa.Table]
     accepted, rejects = [], []
     first_row: dict[str, int] = {}  # normalized text or id -> first row index
     for row in rows:
+        if _enough(config, len(accepted)):
+            break
         clean, reject = _validate(source, row)
         if reject:
             rejects.append(reject)
