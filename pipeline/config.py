@@ -170,6 +170,7 @@ class Params(Section):
     """The whole parameters file."""
 
     data_dir: str = "data"
+    metrics_dir: str = "metrics"
     model: ModelConfig = Field(default_factory=ModelConfig)
     problems: ProblemsConfig = Field(default_factory=ProblemsConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
@@ -179,10 +180,6 @@ class Params(Section):
     regret: RegretConfig = Field(default_factory=RegretConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-
-    def section_dump(self, *names: str) -> dict[str, Any]:
-        """The named sections as plain data: what a stage's shards depend on."""
-        return {name: getattr(self, name).model_dump(mode="json") for name in names}
 
 
 def _format_errors(error: ValidationError, source: str) -> str:

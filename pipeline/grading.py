@@ -87,8 +87,12 @@ def _parse(text: str) -> tuple:
 
 
 def parse_gold(answer: str) -> tuple:
-    """Parsed gold answer; empty when math-verify cannot read it."""
-    return _parse(str(answer).strip())
+    """Parsed gold answer; empty when math-verify cannot read it.
+
+    A gold column may hold a whole worked solution (NuminaMath): its last box is the answer.
+    """
+    text = str(answer).strip()
+    return _parse(last_boxed(text) or text)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,10 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Layout:
+    """`root` holds data (DVC-tracked); `reports` holds metrics and plots (small, kept in git)."""
+
     root: Path
+    reports: Path = Path("metrics")
 
     @property
     def base_model(self) -> Path:
@@ -47,7 +50,13 @@ class Layout:
         return self.round_dir(r) / "selected.parquet"
 
     def metrics(self, r: int) -> Path:
-        return self.round_dir(r) / "metrics.json"
+        return self.reports / "rounds" / str(r) / "metrics.json"
+
+    def train_metrics(self, r: int) -> Path:
+        return self.reports / "rounds" / str(r) / "train.json"
+
+    def plots(self, r: int) -> Path:
+        return self.reports / "rounds" / str(r) / "plots"
 
     def model(self, r: int) -> Path:
         return self.round_dir(r) / "model"

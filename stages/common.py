@@ -16,7 +16,7 @@ from pipeline.templates import PromptBuilder
 
 
 def layout(params: Params) -> Layout:
-    return Layout(Path(params.data_dir))
+    return Layout(Path(params.data_dir), Path(params.metrics_dir))
 
 
 def rows(path: Path, schema=None) -> list[dict]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from pipeline.config import Params
-from pipeline.io import ShardedWriter, chunked, stable_hash
+from pipeline.io import ShardedWriter, chunked, stable_hash, write_json
 from pipeline.models import fingerprint
 from pipeline.prover import prove_traces
 from pipeline.tables import EPISODES, PROVER, TRACES, from_rows
@@ -37,5 +37,11 @@ def run(params: Params, round_index: int) -> str:
         for index, chunk in shards:
             table_rows = prove_traces(chunk, episode_ends, answers, backend, prompts, params.prover, on_done=update)
             writer.write(index, from_rows(table_rows, PROVER))
+    stats = backend.stats
+    write_json(stats.__dict__, paths.prover(round_index) / "_run_stats.json")
     backend.close()
-    return f"round {round_index}: proved {sum(len(c) for _, c in shards)} traces ({total} answers)"
+    saved = 1 - stats.prefill_tokens / max(1, stats.prompt_tokens)
+    return (
+        f"round {round_index}: proved {sum(len(c) for _, c in shards)} traces ({total} answers); "
+        f"prefill computed {stats.prefill_tokens} of {stats.prompt_tokens} prompt tokens ({saved:.0%} reused)"
+    )

@@ -27,5 +27,5 @@ def run(params: Params, round_index: int) -> str:
     progress_rows = rows(paths.progress(round_index), PROGRESS)
     metrics = round_metrics(traces, progress_rows, regret_rows, selected, params.select.method)
     write_json({"round": round_index, **metrics}, paths.metrics(round_index))
-    write_json(j_by_prefix(prover_rows), paths.round_dir(round_index) / "plots" / "j_by_prefix.json")
+    write_json(j_by_prefix(prover_rows), paths.plots(round_index) / "j_by_prefix.json")
     return f"round {round_index}: kept {len(selected)} of {len(traces)} traces ({params.select.method})"

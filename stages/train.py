@@ -16,7 +16,7 @@ def run(params: Params, round_index: int) -> str:
     init = resolve(start, params.model.trust_remote_code)
     selected = rows(paths.selected(round_index), SELECTED)
     metrics = train_sft(selected, init, paths.model(round_index), params.train, params.model.dtype)
-    write_json({"round": round_index, "init": str(start), **metrics}, paths.round_dir(round_index) / "train_metrics.json")
+    write_json({"round": round_index, "init": str(start), **metrics}, paths.train_metrics(round_index))
     if not metrics["trained"]:
         return f"round {round_index}: nothing selected; the round's model is {start} unchanged"
     return f"round {round_index}: trained on {len(selected)} examples -> {paths.model(round_index)}"

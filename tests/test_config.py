@@ -1,10 +1,14 @@
+from pathlib import Path
+
 import pytest
 
 from pipeline.config import ConfigError, load_params
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def test_defaults_load_and_repo_params_are_valid():
-    params = load_params("params.yaml")
+    params = load_params(REPO / "params.yaml")
     assert params.model.family == "chatml_think"
     assert params.sample.n > 0
 
@@ -42,3 +46,10 @@ def test_override_parses_yaml_values(tmp_path):
 def test_file_source_requires_path(tmp_path):
     with pytest.raises(ConfigError, match="problems.path"):
         load_params(tmp_path / "none.yaml", ["problems.source=jsonl"])
+
+
+def test_every_recipe_validates():
+    recipes = sorted((REPO / "configs").glob("*.yaml"))
+    assert recipes
+    for recipe in recipes:
+        load_params(recipe)

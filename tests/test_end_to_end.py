@@ -53,7 +53,7 @@ def test_two_rounds_with_dvc(tmp_path, tiny_model_dir):
         round_dir = data / "rounds" / str(round_index)
         traces = pq.read_table(round_dir / "traces").to_pylist()
         assert len(traces) == 12 and {t["grade"] for t in traces} <= {"correct", "incorrect", "unparsed"}
-        metrics = json.loads((round_dir / "metrics.json").read_text())
+        metrics = json.loads((tmp_path / "metrics" / "rounds" / str(round_index) / "metrics.json").read_text())
         assert metrics["traces_sampled"] == 12 and metrics["traces_kept"] >= 1
         prover = pq.read_table(round_dir / "prover").to_pylist()
         assert {p["trace_id"] for p in prover} == {t["trace_id"] for t in traces}
@@ -63,7 +63,7 @@ def test_two_rounds_with_dvc(tmp_path, tiny_model_dir):
         assert export.num_rows >= 1 and {"prompt", "completion", "trace_id", "regret"} <= set(export.column_names)
         messages = datasets.load_dataset("parquet", data_files=str(round_dir / "export" / "messages.parquet"))["train"]
         assert messages[0]["messages"][-1]["role"] == "assistant"
-        assert json.loads((round_dir / "train_metrics.json").read_text())["trained"]
+        assert json.loads((tmp_path / "metrics" / "rounds" / str(round_index) / "train.json").read_text())["trained"]
         assert (round_dir / "model" / "model.safetensors").exists()
     # Round 1 sampled with round 0's fine-tuned model.
     assert pq.read_table(data / "rounds" / "1" / "traces").column("model")[0].as_py().endswith("rounds/0/model")

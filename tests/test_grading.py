@@ -39,3 +39,8 @@ def test_unparseable_gold_never_grades_correct():
 
 def test_extract_answer_prefers_the_box():
     assert extract_answer(r"The answer is 3. \boxed{4}") == "4"
+
+
+def test_gold_as_a_worked_solution_uses_its_last_box():
+    solution = r"We add: $1+1=2$. Checking again gives \boxed{\frac{4}{2}}."
+    assert grade_completion(solution, r"\boxed{2}").grade == CORRECT
