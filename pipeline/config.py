@@ -128,6 +128,16 @@ class ProverConfig(Section):
     confidence: float = Field(0.95, gt=0, lt=1)
     seed: int = 1
     shard_size: int = Field(8, gt=0)
+    adaptive: bool = False
+    adaptive_initial: int = Field(2, gt=0)
+    adaptive_step: int = Field(2, gt=0)
+    adaptive_confidence: float = Field(0.8, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _initial_within_k(self) -> "ProverConfig":
+        if self.adaptive and self.adaptive_initial > self.k:
+            raise ValueError(f"prover.adaptive_initial ({self.adaptive_initial}) must not exceed prover.k ({self.k})")
+        return self
 
 
 class RegretConfig(Section):

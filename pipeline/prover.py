@@ -9,7 +9,7 @@ go to the backend in one call, so engines can share work between them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from pipeline.backends.base import Backend, Request, SamplingParams
@@ -57,6 +57,69 @@ def build_prefixes(trace: dict, episode_ends: list[int], prompts: PromptBuilder)
     return prefixes
 
 
+@dataclass
+class _Job:
+    """One prefix of one trace and the answers sampled after it so far."""
+
+    trace: dict
+    prefix: Prefix
+    n_episodes: int
+    prompt_ids: list[int]
+    grades: list = field(default_factory=list)
+    completions: list = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.grades)
+
+    @property
+    def n_correct(self) -> int:
+        return sum(g.correct for g in self.grades)
+
+
+def _jobs(traces: list[dict], episode_ends: dict[str, list[int]], prompts: PromptBuilder) -> list[_Job]:
+    jobs = []
+    for trace in traces:
+        ends = episode_ends.get(trace["trace_id"], [])
+        thinking = thinking_ids(trace)
+        for prefix in build_prefixes(trace, ends, prompts):
+            ids = list(trace["prompt_ids"]) + thinking[: prefix.thinking_tokens] + list(prefix.tail_ids)
+            jobs.append(_Job(trace, prefix, len(ends), ids))
+    return jobs
+
+
+def undecided(jobs: list[_Job], k: int, confidence: float) -> list[_Job]:
+    """Prefixes of one trace whose estimate could still change which prefix is best.
+
+    The best prefix is the earliest argmax of J. A prefix stays open (until it has k
+    samples) while its interval reaches the best prefix's interval, i.e. while it could
+    still be, or overtake, the best; the best prefix stays open while any rival does.
+    """
+    best = max(jobs, key=lambda job: (job.n_correct / job.n, -job.prefix.index))
+    best_low, _ = wilson_interval(best.n_correct, best.n, confidence)
+    rivals = [
+        job for job in jobs
+        if job is not best and job.n < k and wilson_interval(job.n_correct, job.n, confidence)[1] >= best_low
+    ]
+    if rivals and best.n < k:
+        rivals.append(best)
+    return rivals
+
+
+def _sample_round(
+    jobs: list[_Job], counts: list[int], stage: int, answers: dict[str, str], backend: Backend, config: ProverConfig, on_done
+) -> None:
+    requests = []
+    for job, count in zip(jobs, counts):
+        key = job.trace["trace_id"] if stage == 0 else f"{job.trace['trace_id']}#{stage}"
+        seed = request_seed(config.seed, job.prefix.index, key)
+        requests.append(Request(job.prompt_ids, SamplingParams(count, config.temperature, config.top_p, config.max_answer_tokens, (), seed)))
+    for job, completions in zip(jobs, backend.generate(requests, on_done=on_done)):
+        gold = answers[job.trace["problem_id"]]
+        job.grades.extend(grade_completion(gold, c.text) for c in completions)
+        job.completions.extend(completions)
+
+
 def prove_traces(
     traces: list[dict],
     episode_ends: dict[str, list[int]],
@@ -66,43 +129,46 @@ def prove_traces(
     config: ProverConfig,
     on_done: Callable[[int], None] | None = None,
 ) -> list[dict]:
-    """Rows of the prover table for `traces` (see `pipeline.tables.PROVER`)."""
-    jobs: list[tuple[dict, Prefix, int]] = []
-    requests: list[Request] = []
-    for trace in traces:
-        ends = episode_ends.get(trace["trace_id"], [])
-        thinking = thinking_ids(trace)
-        for prefix in build_prefixes(trace, ends, prompts):
-            seed = request_seed(config.seed, prefix.index, trace["trace_id"])
-            params = SamplingParams(config.k, config.temperature, config.top_p, config.max_answer_tokens, (), seed)
-            ids = list(trace["prompt_ids"]) + thinking[: prefix.thinking_tokens] + list(prefix.tail_ids)
-            requests.append(Request(ids, params))
-            jobs.append((trace, prefix, len(ends)))
-    outputs = backend.generate(requests, on_done=on_done)
-    rows = []
-    for (trace, prefix, n_episodes), completions in zip(jobs, outputs):
-        gold = answers[trace["problem_id"]]
-        grades = [grade_completion(gold, c.text) for c in completions]
-        n_correct = sum(g.correct for g in grades)
-        first_correct = next((c for c, g in zip(completions, grades) if g.correct), None)
-        low, high = wilson_interval(n_correct, len(grades), config.confidence)
-        rows.append(
-            {
-                "trace_id": trace["trace_id"],
-                "problem_id": trace["problem_id"],
-                "prefix_index": prefix.index,
-                "n_episodes": n_episodes,
-                "prefix_tokens": prefix.thinking_tokens,
-                "forced": prefix.forced,
-                "n_samples": len(grades),
-                "n_correct": n_correct,
-                "n_unparsed": sum(g.grade == "unparsed" for g in grades),
-                "j_hat": n_correct / len(grades),
-                "j_low": low,
-                "j_high": high,
-                "mean_answer_tokens": sum(c.n_tokens for c in completions) / len(completions),
-                "correct_answer": first_correct.text if first_correct else None,
-                "correct_answer_ids": first_correct.token_ids if first_correct else None,
-            }
-        )
-    return rows
+    """Rows of the prover table for `traces` (see `pipeline.tables.PROVER`).
+
+    Fixed sampling draws K answers per prefix. Adaptive sampling (`config.adaptive`) draws
+    `adaptive_initial` per prefix, then `adaptive_step` more for the prefixes that could
+    still change the trace's best prefix, until they separate or reach K.
+    """
+    jobs = _jobs(traces, episode_ends, prompts)
+    first = config.adaptive_initial if config.adaptive else config.k
+    _sample_round(jobs, [min(first, config.k)] * len(jobs), 0, answers, backend, config, on_done)
+    stage = 1
+    while config.adaptive:
+        by_trace: dict[str, list[_Job]] = {}
+        for job in jobs:
+            by_trace.setdefault(job.trace["trace_id"], []).append(job)
+        open_jobs = [job for group in by_trace.values() for job in undecided(group, config.k, config.adaptive_confidence)]
+        if not open_jobs:
+            break
+        counts = [min(config.adaptive_step, config.k - job.n) for job in open_jobs]
+        _sample_round(open_jobs, counts, stage, answers, backend, config, on_done)
+        stage += 1
+    return [_row(job, config) for job in jobs]
+
+
+def _row(job: _Job, config: ProverConfig) -> dict:
+    first_correct = next((c for c, g in zip(job.completions, job.grades) if g.correct), None)
+    low, high = wilson_interval(job.n_correct, job.n, config.confidence)
+    return {
+        "trace_id": job.trace["trace_id"],
+        "problem_id": job.trace["problem_id"],
+        "prefix_index": job.prefix.index,
+        "n_episodes": job.n_episodes,
+        "prefix_tokens": job.prefix.thinking_tokens,
+        "forced": job.prefix.forced,
+        "n_samples": job.n,
+        "n_correct": job.n_correct,
+        "n_unparsed": sum(g.grade == "unparsed" for g in job.grades),
+        "j_hat": job.n_correct / job.n,
+        "j_low": low,
+        "j_high": high,
+        "mean_answer_tokens": sum(c.n_tokens for c in job.completions) / job.n,
+        "correct_answer": first_correct.text if first_correct else None,
+        "correct_answer_ids": first_correct.token_ids if first_correct else None,
+    }
