@@ -17,6 +17,7 @@ from collections import OrderedDict
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from pipeline.backends.base import Completion, GenerationStats, Request
 from pipeline.tokens import decode
@@ -66,6 +67,38 @@ def common_prefix_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
         else:
             high = middle
     return low
+
+
+class _GrowingLayer(DynamicLayer):
+    """A KV layer with room reserved for the tokens still to be generated.
+
+    `DynamicLayer` concatenates on every step, copying the whole cache each time: with
+    long prompts that copying, not the model, dominates decoding. This layer writes new
+    tokens into a preallocated buffer and exposes views of the filled part.
+    """
+
+    def __init__(self, keys_buffer: torch.Tensor, values_buffer: torch.Tensor, length: int):
+        super().__init__()
+        self._keys_buffer, self._values_buffer, self.length = keys_buffer, values_buffer, length
+        self.dtype, self.device, self.is_initialized = keys_buffer.dtype, keys_buffer.device, True
+        self._expose()
+
+    def _expose(self) -> None:
+        self.keys = self._keys_buffer[:, :, : self.length]
+        self.values = self._values_buffer[:, :, : self.length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        new = key_states.shape[2]
+        if self.length + new > self._keys_buffer.shape[2]:
+            raise RuntimeError("generation ran past the reserved KV cache length")
+        self._keys_buffer[:, :, self.length : self.length + new] = key_states
+        self._values_buffer[:, :, self.length : self.length + new] = value_states
+        self.length += new
+        self._expose()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
 
 
 class _Prefilled:
@@ -134,30 +167,40 @@ class TransformersBackend:
             self._prefix_cache.popitem(last=False)
         return entry
 
-    def _batched_cache(self, entries: list[_Prefilled]) -> tuple[DynamicCache, torch.Tensor]:
-        """Left-pad per-prompt caches into one batch; returns the cache and its attention mask."""
+    def _batched_cache(self, entries: list[_Prefilled], extra: int) -> tuple[DynamicCache, torch.Tensor]:
+        """Left-pad per-prompt caches into one batch with room for `extra` new tokens.
+
+        Returns the cache and its attention mask. Samples of one prompt share its tensors
+        until here; they are copied into the batch once, not on every decoding step. Only
+        the padding is zeroed (masked, but it must not hold NaNs); the rest is written.
+        """
         width = max(e.length for e in entries)
         attention = torch.zeros((len(entries), width), dtype=torch.long, device=self.device)
+        for i, entry in enumerate(entries):
+            attention[i, width - entry.length :] = 1
         layers = []
         for layer in range(len(entries[0].kv)):
             k0 = entries[0].kv[layer][0]
-            keys = k0.new_zeros((len(entries), k0.shape[1], width, k0.shape[3]))
-            values = torch.zeros_like(keys)
+            shape = (len(entries), k0.shape[1], width + extra, k0.shape[3])
+            keys, values = k0.new_empty(shape), k0.new_empty(shape)
             for i, entry in enumerate(entries):
+                pad = width - entry.length
                 k, v = entry.kv[layer]
-                keys[i, :, width - entry.length :] = k[0]
-                values[i, :, width - entry.length :] = v[0]
-            layers.append((keys, values))
-        for i, entry in enumerate(entries):
-            attention[i, width - entry.length :] = 1
-        return DynamicCache(ddp_cache_data=layers), attention
+                keys[i, :, :pad] = 0
+                values[i, :, :pad] = 0
+                keys[i, :, pad:width] = k[0]
+                values[i, :, pad:width] = v[0]
+            layers.append(_GrowingLayer(keys, values, width))
+        cache = DynamicCache(ddp_cache_data=[(layer.keys[:1, :, :1], layer.values[:1, :, :1]) for layer in layers])
+        cache.layers = layers
+        return cache, attention
 
     @torch.inference_mode()
     def _generate_batch(self, requests: list[Request], batch: list[tuple[int, int]]) -> list[Completion]:
         entries = [self._prefill(tuple(requests[r].prompt_ids)) for r, _ in batch]
         params = [requests[r].params for r, _ in batch]
         generators = [torch.Generator().manual_seed(sample_seed(p.seed, s)) for p, (_, s) in zip(params, batch)]
-        past, attention = self._batched_cache(entries)
+        past, attention = self._batched_cache(entries, max(p.max_tokens for p in params))
         positions = torch.tensor([[e.length] for e in entries], device=self.device)
         logits = torch.stack([e.last_logits for e in entries])
         generated: list[list[int]] = [[] for _ in batch]
