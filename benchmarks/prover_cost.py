@@ -1,13 +1,13 @@
 """Meta-prover cost, measured side by side in one run on the embedded model.
 
-1. Prefix reuse: one long R1-style trace (default 3000 thinking tokens, 12 episodes) proved
-   by the transformers backend with its prefix cache and with the cache off (every prefix
-   prefilled from scratch: the naive cost). Prints prefill tokens per trace length and the
+1. Prefix reuse: one long R1-style trace (default 5000 thinking tokens, 12 episodes) proved
+   by the transformers backend with cross-prefix KV reuse and without it (every prefix
+   prefilled from scratch once, its K samples sharing that prefill: the naive cost). Prints prefill tokens per trace length and the
    prefill-token and wall-time ratios.
 2. Adaptive sampling against fixed K on the default problems: answers spent, and how
    often the selected prefix j* (and the keep decision) differ.
 
-Run:  python benchmarks/prover_cost.py [--trace-tokens 3000] [--traces 16] [--k 8]
+Run:  python benchmarks/prover_cost.py [--trace-tokens 5000] [--traces 16] [--k 8]
 Absolute times depend on the machine; compare the ratios.
 """
 
@@ -46,12 +46,13 @@ def model_folder(path: str | None) -> Path:
 def long_trace(prompts: PromptBuilder, tokens: int, episodes: int) -> tuple[dict, list[int]]:
     """A hand-built R1-style trace: arithmetic paragraphs, every few opened by a marker."""
     markers = ["Wait", "But wait", "Alternatively", "But let me double-check", "But hold on"]
-    paragraphs, i = [], 0
+    paragraphs = []
     while len(prompts.encode("\n\n".join(paragraphs))) < tokens:
-        a, b = 17 + i, 29 + 2 * i
-        opener = f"{markers[i % len(markers)]}, let me redo this." if i % 4 == 3 else "Next,"
-        paragraphs.append(f"{opener} I add {a} and {b}: {a} + {b} = {a + b}, and then subtract {b} to get {a} back.")
-        i += 1
+        a, b = 17 + len(paragraphs), 29 + 2 * len(paragraphs)
+        paragraphs.append(f"I add {a} and {b}: {a} + {b} = {a + b}, and then subtract {b} to get {a} back.")
+    spacing = max(3, len(paragraphs) // episodes)  # episodes spread evenly over the trace
+    for n, index in enumerate(range(spacing, len(paragraphs), spacing)):
+        paragraphs[index] = f"{markers[n % len(markers)]}, let me redo this. " + paragraphs[index]
     ids = prompts.encode("\n\n".join(paragraphs) + "\n</think>\n\nThe answer is \\boxed{2}.")
     text = decode(prompts.tokenizer, ids)
     end = token_char_starts(prompts.tokenizer, ids)
@@ -71,8 +72,8 @@ def prefix_reuse(model, tokenizer, prompts: PromptBuilder, args) -> None:
           f"{len(ends)} episodes, {len(ends) + 1} prefixes, K = 4, 16 answer tokens")
     config = ProverConfig(k=4, max_answer_tokens=16)
     measured = {}
-    for name, entries in (("naive (no reuse)", 0), ("KV-cache reuse", 8)):
-        backend = TransformersBackend(model, tokenizer, args.batch_size, prefix_cache_entries=entries)
+    for name, reuse in (("naive (no reuse)", False), ("KV-cache reuse", True)):
+        backend = TransformersBackend(model, tokenizer, args.batch_size, reuse_prefixes=reuse)
         start = time.perf_counter()
         prove_traces([trace], {"long": ends}, {"long": "2"}, backend, prompts, config)
         measured[name] = (time.perf_counter() - start, backend.stats.prefill_tokens)
@@ -100,7 +101,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--model", default=None)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--trace-tokens", type=int, default=3000)
+    parser.add_argument("--trace-tokens", type=int, default=5000)
     parser.add_argument("--episodes", type=int, default=12)
     args = parser.parse_args()
 

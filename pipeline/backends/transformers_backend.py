@@ -13,6 +13,7 @@ Decoding is batched across requests: the per-prompt caches are left-padded into 
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 
 import torch
@@ -114,7 +115,7 @@ class _Prefilled:
 
 
 class TransformersBackend:
-    def __init__(self, model, tokenizer, batch_size: int = 16, prefix_cache_entries: int = 8):
+    def __init__(self, model, tokenizer, batch_size: int = 16, prefix_cache_entries: int = 8, reuse_prefixes: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -126,6 +127,11 @@ class TransformersBackend:
         self.stats = GenerationStats()
         self._prefix_cache: OrderedDict[tuple[int, ...], _Prefilled] = OrderedDict()
         self._prefix_cache_entries = prefix_cache_entries
+        self._reuse_prefixes = reuse_prefixes  # False: only identical prompts share a prefill (the naive cost)
+        if self.device.type == "cpu":
+            # With a padding mask transformers copies each KV head group before SDPA; torch's CPU
+            # SDPA handles grouped heads itself, with identical results and much less copying.
+            os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
 
     def generate(self, requests: list[Request], on_done=None) -> list[list[Completion]]:
         # Keep request order: neighbouring prompts (prefixes of one trace) share the most.
@@ -148,7 +154,7 @@ class TransformersBackend:
             self._prefix_cache.move_to_end(ids)
             return self._prefix_cache[ids]
         reuse, donor = 0, None
-        for key, entry in self._prefix_cache.items():
+        for key, entry in self._prefix_cache.items() if self._reuse_prefixes else ():
             shared = min(common_prefix_length(key, ids), len(ids) - 1, entry.length)
             if shared > reuse:
                 reuse, donor = shared, entry
