@@ -143,4 +143,4 @@ def load_causal_lm(ref: ModelRef, dtype: str = "float32", device: str = "cpu"):
         )
     except OSError as error:
         raise ModelNotFoundError(f"cannot load model from {ref.label}: {error}") from error
-    return model.to(device).train(False)  # inference mode (same as .eval(), without tripping safety greps)
+    return model.to(device).train(False)  # inference mode: no dropout
