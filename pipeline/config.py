@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.templates import FAMILIES
+
 
 class ConfigError(ValueError):
     """A parameters file or override that cannot be used; the message names the key."""
@@ -21,7 +23,6 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-FAMILIES = ("chatml_think", "r1")
 
 
 class ModelConfig(Section):
@@ -38,7 +39,7 @@ class ModelConfig(Section):
     @classmethod
     def _known_family(cls, value: str) -> str:
         if value not in FAMILIES:
-            raise ValueError(f"unknown model family {value!r}; choose one of {', '.join(FAMILIES)}")
+            raise ValueError(f"unknown model family {value!r}; choose one of {', '.join(sorted(FAMILIES))}")
         return value
 
 

@@ -23,21 +23,25 @@ def rows(path: Path, schema=None) -> list[dict]:
     return read_table(path, schema).to_pylist()
 
 
-def policy_ref(params: Params, round_index: int) -> tuple[Path, ModelRef]:
-    folder = layout(params).policy(round_index)
-    return folder, resolve(folder, params.model.trust_remote_code)
+def policy_ref(params: Params, round_index: int) -> ModelRef:
+    """What to load for the model that samples this round."""
+    return resolve(layout(params).policy(round_index), params.model.trust_remote_code)
 
 
 def prompt_builder(params: Params, tokenizer) -> PromptBuilder:
     return PromptBuilder(tokenizer, params.model.family, params.model.system_prompt, params.prover.forced_stop_text)
 
 
+def policy_prompts(params: Params, round_index: int) -> PromptBuilder:
+    """Prompt builder on this round's policy tokenizer."""
+    return prompt_builder(params, load_tokenizer(policy_ref(params, round_index)))
+
+
 def open_policy(params: Params, round_index: int):
-    """(ref, tokenizer, prompts, backend) for the model that samples this round."""
-    _, ref = policy_ref(params, round_index)
-    tokenizer = load_tokenizer(ref)
-    backend = make_backend(ref, params.backend, params.model, tokenizer)
-    return ref, tokenizer, prompt_builder(params, tokenizer), backend
+    """(ref, prompts, backend) for the model that samples this round."""
+    ref = policy_ref(params, round_index)
+    prompts = prompt_builder(params, load_tokenizer(ref))
+    return ref, prompts, make_backend(ref, params.backend, params.model, prompts.tokenizer)
 
 
 @contextmanager

@@ -5,15 +5,14 @@ from __future__ import annotations
 from pipeline.config import Params
 from pipeline.export import messages_table, prompt_completion_table
 from pipeline.io import read_table, write_table
-from pipeline.models import load_tokenizer
 from pipeline.tables import SELECTED
-from stages.common import layout, policy_ref, prompt_builder, rows
+from stages.common import layout, policy_prompts, rows
 
 
 def run(params: Params, round_index: int) -> str:
     paths = layout(params)
     selected = read_table(paths.selected(round_index), SELECTED)
-    prompts = prompt_builder(params, load_tokenizer(policy_ref(params, round_index)[1]))
+    prompts = policy_prompts(params, round_index)
     problems = {p["problem_id"]: p["problem"] for p in rows(paths.problems_split("train"))}
     messages = {pid: prompts.messages(problems[pid]) for pid in set(selected.column("problem_id").to_pylist())}
     out = paths.exports(round_index)

@@ -31,7 +31,7 @@ def run(params: Params, round_index: int) -> str:
     shards = [(i, chunk) for i, chunk in chunked(traces, params.prover.shard_size) if not writer.is_done(i)]
     if not shards:
         return f"round {round_index}: all prover shards already complete"
-    _, _, prompts, backend = open_policy(params, round_index)
+    _, prompts, backend = open_policy(params, round_index)
     total = sum(len(episode_ends.get(t["trace_id"], [])) + 1 for _, chunk in shards for t in chunk) * params.prover.k
     with progress(total, f"prove r{round_index}") as update:
         for index, chunk in shards:

@@ -25,7 +25,7 @@ def run(params: Params, round_index: int) -> str:
     shards = [(i, chunk) for i, chunk in chunked(problems, params.sample.shard_size) if not writer.is_done(i)]
     if not shards:
         return f"round {round_index}: all trace shards already complete"
-    ref, _, prompts, backend = open_policy(params, round_index)
+    ref, prompts, backend = open_policy(params, round_index)
     total = sum(len(chunk) for _, chunk in shards) * params.sample.n
     with progress(total, f"sample r{round_index}") as update:
         for index, chunk in shards:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pipeline.config import Params
 from pipeline.io import write_json, write_table
 from pipeline.metrics import j_by_prefix, round_metrics
-from pipeline.models import load_tokenizer
 from pipeline.selection import select_mrt, select_star
 from pipeline.tables import PROGRESS, PROVER, REGRET, SELECTED, TRACES, from_rows
-from stages.common import layout, policy_ref, prompt_builder, rows
+from stages.common import layout, policy_prompts, rows
 
 
 def run(params: Params, round_index: int) -> str:
@@ -18,7 +17,7 @@ def run(params: Params, round_index: int) -> str:
     regret_rows = rows(paths.regret(round_index), REGRET)
     regrets = {r["trace_id"]: r for r in regret_rows}
     problems = {p["problem_id"]: p for p in rows(paths.problems_split("train"))}
-    prompts = prompt_builder(params, load_tokenizer(policy_ref(params, round_index)[1]))
+    prompts = policy_prompts(params, round_index)
     if params.select.method == "mrt":
         selected = select_mrt(traces, prover_rows, regrets, problems, prompts, params.select)
     else:

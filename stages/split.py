@@ -15,7 +15,7 @@ from stages.common import layout, policy_ref, rows
 def run(params: Params, round_index: int) -> str:
     paths = layout(params)
     traces = rows(paths.traces(round_index), TRACES)
-    tokenizer = load_tokenizer(policy_ref(params, round_index)[1])
+    tokenizer = load_tokenizer(policy_ref(params, round_index))
     out = []
     for trace in traces:
         ids = thinking_ids(trace)

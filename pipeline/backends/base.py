@@ -7,7 +7,7 @@ at token offsets reach the engine unchanged; engines must not add a BOS token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 
@@ -43,7 +43,6 @@ class GenerationStats:
     prompt_tokens: int = 0
     prefill_tokens: int = 0  # prompt tokens actually computed (less when a cache is reused)
     generated_tokens: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 ProgressCallback = Callable[[int], None]

@@ -197,7 +197,7 @@ class TransformersBackend:
                 keys[i, :, pad:width] = k[0]
                 values[i, :, pad:width] = v[0]
             layers.append(_GrowingLayer(keys, values, width))
-        cache = DynamicCache(ddp_cache_data=[(layer.keys[:1, :, :1], layer.values[:1, :, :1]) for layer in layers])
+        cache = DynamicCache()
         cache.layers = layers
         return cache, attention
 
@@ -206,12 +206,13 @@ class TransformersBackend:
         entries = [self._prefill(tuple(requests[r].prompt_ids)) for r, _ in batch]
         params = [requests[r].params for r, _ in batch]
         generators = [torch.Generator().manual_seed(sample_seed(p.seed, s)) for p, (_, s) in zip(params, batch)]
-        past, attention = self._batched_cache(entries, max(p.max_tokens for p in params))
+        max_new = max(p.max_tokens for p in params)
+        past, attention = self._batched_cache(entries, max_new)
         positions = torch.tensor([[e.length] for e in entries], device=self.device)
         logits = torch.stack([e.last_logits for e in entries])
         generated: list[list[int]] = [[] for _ in batch]
         finish: list[str | None] = [None] * len(batch)
-        for _ in range(max(p.max_tokens for p in params)):
+        for _ in range(max_new):
             next_ids = []
             for i, p in enumerate(params):
                 if finish[i] is not None:
