@@ -141,6 +141,18 @@ class ProverConfig(Section):
         return self
 
 
+class GradingConfig(Section):
+    """Answer grading (`pipeline.grading`): which text fallbacks extract an answer when there
+    is no `\\boxed{}`, the hard time limit per answer, and the worker processes that enforce it."""
+
+    fallbacks: list[Literal["final_answer_is", "answer_colon"]] = Field(
+        default_factory=lambda: ["final_answer_is", "answer_colon"]
+    )
+    timeout_seconds: float = Field(3.0, gt=0, le=600)
+    workers: int = Field(2, ge=0, le=64)
+    cache_size: int = Field(100_000, ge=0)
+
+
 class RegretConfig(Section):
     """Regret budgets C0 as fractions of `sample.max_tokens`."""
 
@@ -188,6 +200,7 @@ class Params(Section):
     sample: SampleConfig = Field(default_factory=SampleConfig)
     episodes: EpisodesConfig = Field(default_factory=EpisodesConfig)
     prover: ProverConfig = Field(default_factory=ProverConfig)
+    grading: GradingConfig = Field(default_factory=GradingConfig)
     regret: RegretConfig = Field(default_factory=RegretConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

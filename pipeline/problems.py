@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 
 from pipeline.config import ProblemsConfig
-from pipeline.grading import parse_gold
+from pipeline.grading import Grader, default_grader
 from pipeline.io import stable_hash
 from pipeline.tables import PROBLEMS, REJECTS, from_rows
 
@@ -134,8 +134,6 @@ def _validate(source: str, row: RawRow) -> tuple[dict | None, dict | None]:
     pid = str(row.data["id"]) if row.data.get("id") not in (None, "") else problem_id(source, problem)
     if not isinstance(answer, str) or not answer.strip():
         return None, _reject(source, row, "missing or empty answer", pid)
-    if not parse_gold(answer):
-        return None, _reject(source, row, f"gold answer cannot be parsed: {answer[:80]!r}", pid)
     clean = {
         "problem_id": pid,
         "source": source,
@@ -147,15 +145,32 @@ def _validate(source: str, row: RawRow) -> tuple[dict | None, dict | None]:
     return clean, None
 
 
-def load_problems(config: ProblemsConfig) -> tuple[pa.Table, pa.Table, pa.Table]:
+_GOLD_CHECK_BATCH = 256
+
+
+def _validated(source: str, rows: list[RawRow], grader: Grader):
+    """(row, clean, reject) in row order; gold answers are parsed in batches by the grader."""
+    for start in range(0, len(rows), _GOLD_CHECK_BATCH):
+        batch = [(row, *_validate(source, row)) for row in rows[start : start + _GOLD_CHECK_BATCH]]
+        problems = [clean for _, clean, _ in batch if clean]
+        failures = iter(grader.check_golds([clean["answer"] for clean in problems]))
+        for row, clean, reject in batch:
+            failure = next(failures) if clean else None
+            if failure:
+                why = "timed out" if failure == "timeout" else "cannot be parsed"
+                yield row, None, _reject(source, row, f"gold answer {why}: {clean['answer'][:80]!r}", clean["problem_id"])
+            else:
+                yield row, clean, reject
+
+
+def load_problems(config: ProblemsConfig, grader: Grader | None = None) -> tuple[pa.Table, pa.Table, pa.Table]:
     """(train, eval, rejects): validated, de-duplicated, disjoint splits."""
     source, rows = _reasoning_gym_rows(config) if config.source == "reasoning_gym" else _file_rows(config)
     accepted, rejects = [], []
     first_row: dict[str, int] = {}  # normalized text or id -> first row index
-    for row in rows:
+    for row, clean, reject in _validated(source, rows, grader or default_grader()):
         if _enough(config, len(accepted)):
             break
-        clean, reject = _validate(source, row)
         if reject:
             rejects.append(reject)
             continue

@@ -14,7 +14,7 @@ from typing import Callable
 
 from pipeline.backends.base import Backend, Request, SamplingParams
 from pipeline.config import ProverConfig
-from pipeline.grading import grade_completion
+from pipeline.grading import Grader, default_grader
 from pipeline.sampling import request_seed
 from pipeline.stats import wilson_interval
 from pipeline.templates import PromptBuilder
@@ -107,16 +107,21 @@ def undecided(jobs: list[_Job], k: int, confidence: float) -> list[_Job]:
 
 
 def _sample_round(
-    jobs: list[_Job], counts: list[int], stage: int, answers: dict[str, str], backend: Backend, config: ProverConfig, on_done
+    jobs: list[_Job], counts: list[int], stage: int, answers: dict[str, str], backend: Backend, config: ProverConfig, on_done,
+    grader: Grader,
 ) -> None:
     requests = []
     for job, count in zip(jobs, counts):
         key = job.trace["trace_id"] if stage == 0 else f"{job.trace['trace_id']}#{stage}"
         seed = request_seed(config.seed, job.prefix.index, key)
         requests.append(Request(job.prompt_ids, SamplingParams(count, config.temperature, config.top_p, config.max_answer_tokens, (), seed)))
-    for job, completions in zip(jobs, backend.generate(requests, on_done=on_done)):
-        gold = answers[job.trace["problem_id"]]
-        job.grades.extend(grade_completion(gold, c.text) for c in completions)
+    outputs = backend.generate(requests, on_done=on_done)
+    grades = iter(grader.grade_completions(
+        [answers[job.trace["problem_id"]] for job, completions in zip(jobs, outputs) for _ in completions],
+        [completion.text for completions in outputs for completion in completions],
+    ))
+    for job, completions in zip(jobs, outputs):
+        job.grades.extend(next(grades) for _ in completions)
         job.completions.extend(completions)
 
 
@@ -128,6 +133,7 @@ def prove_traces(
     prompts: PromptBuilder,
     config: ProverConfig,
     on_done: Callable[[int], None] | None = None,
+    grader: Grader | None = None,
 ) -> list[dict]:
     """Rows of the prover table for `traces` (see `pipeline.tables.PROVER`).
 
@@ -137,7 +143,8 @@ def prove_traces(
     """
     jobs = _jobs(traces, episode_ends, prompts)
     first = config.adaptive_initial if config.adaptive else config.k
-    _sample_round(jobs, [min(first, config.k)] * len(jobs), 0, answers, backend, config, on_done)
+    grader = grader or default_grader()
+    _sample_round(jobs, [min(first, config.k)] * len(jobs), 0, answers, backend, config, on_done, grader)
     stage = 1
     while config.adaptive:
         by_trace: dict[str, list[_Job]] = {}
@@ -147,7 +154,7 @@ def prove_traces(
         if not open_jobs:
             break
         counts = [min(config.adaptive_step, config.k - job.n) for job in open_jobs]
-        _sample_round(open_jobs, counts, stage, answers, backend, config, on_done)
+        _sample_round(open_jobs, counts, stage, answers, backend, config, on_done, grader)
         stage += 1
     return [_row(job, config) for job in jobs]
 

@@ -10,7 +10,7 @@ from typing import Callable
 
 from pipeline.backends.base import Backend, Completion, Request, SamplingParams
 from pipeline.config import SampleConfig
-from pipeline.grading import answer_part, grade_completion
+from pipeline.grading import Grader, answer_part, default_grader
 from pipeline.io import stable_hash
 from pipeline.templates import THINK_CLOSE, PromptBuilder
 from pipeline.tokens import token_at_or_before, token_char_starts
@@ -36,6 +36,7 @@ def sample_traces(
     round_index: int,
     model_label: str,
     on_done: Callable[[int], None] | None = None,
+    grader: Grader | None = None,
 ) -> list[dict]:
     """Rows of the traces table for `problems` (see `pipeline.tables.TRACES`)."""
     requests = []
@@ -44,10 +45,14 @@ def sample_traces(
         params = SamplingParams(config.n, config.temperature, config.top_p, config.max_tokens, (), seed)
         requests.append(Request(prompts.sampling_prompt_ids(problem["problem"]), params))
     outputs = backend.generate(requests, on_done=on_done)
+    grades = iter((grader or default_grader()).grade_completions(
+        [problem["answer"] for problem, completions in zip(problems, outputs) for _ in completions],
+        [completion.text for completions in outputs for completion in completions],
+    ))
     rows = []
     for problem, request, completions in zip(problems, requests, outputs):
         for index, completion in enumerate(completions):
-            grade = grade_completion(problem["answer"], completion.text)
+            grade = next(grades)
             rows.append(
                 {
                     "trace_id": f"{problem['problem_id']}-r{round_index}-s{index}",

@@ -86,6 +86,31 @@ _round_command("train", "train", "Supervised fine-tuning with trl on the selecte
 _round_command("export", "export", "Export selected targets as Parquet: trl prompt/completion and messages formats.")
 
 
+@app.command("grade")
+def grade(
+    input_path: Path = typer.Argument(..., help="Parquet or JSONL file with a gold and a prediction column."),
+    output: Path = typer.Option(None, "--output", "-o", help="Where to write (.parquet or .jsonl); default INPUT.graded.parquet."),
+    gold_column: str = typer.Option("gold", "--gold-column", help="Column with the gold answers."),
+    prediction_column: str = typer.Option("prediction", "--prediction-column", help="Column with the predictions."),
+    extract: bool = typer.Option(True, "--extract/--no-extract", help="Predictions are whole completions (extract the final answer) or already answers."),
+    timeout: float = typer.Option(3.0, "--timeout", min=0.1, help="Hard limit in seconds per answer."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Grading processes."),
+) -> None:
+    """Grade (gold, prediction) pairs from any pipeline: correct / incorrect / unparsed, with the reason."""
+    from pipeline.grading import Grader
+    from pipeline.grading.files import GradeFileError, grade_file
+
+    output = output or input_path.with_name(input_path.stem + ".graded.parquet")
+    try:
+        with Grader(workers=workers, timeout_seconds=timeout) as grader:
+            counts = grade_file(input_path, output, gold_column, prediction_column, extract, grader)
+    except GradeFileError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from None
+    summary = ", ".join(f"{key} {value}" for key, value in sorted(counts.items()))
+    typer.secho(f"graded {sum(counts[k] for k in ('correct', 'incorrect', 'unparsed'))} rows -> {output} ({summary})", fg=typer.colors.GREEN)
+
+
 @app.command("show-params")
 def show_params(params: Path = ParamsOption, set_: list[str] = SetOption) -> None:
     """Print the validated parameters, defaults filled in."""

@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from pipeline.backends import make_backend
 from pipeline.config import Params
+from pipeline.grading import Grader
 from pipeline.io import read_table
 from pipeline.models import ModelRef, load_tokenizer, resolve
 from pipeline.paths import Layout
@@ -42,6 +43,12 @@ def open_policy(params: Params, round_index: int):
     ref = policy_ref(params, round_index)
     prompts = prompt_builder(params, load_tokenizer(ref))
     return ref, prompts, make_backend(ref, params.backend, params.model, prompts.tokenizer)
+
+
+def open_grader(params: Params) -> Grader:
+    """The grader the parameters ask for (worker processes; close it, or use `with`)."""
+    g = params.grading
+    return Grader(workers=g.workers, timeout_seconds=g.timeout_seconds, fallbacks=g.fallbacks, cache_size=g.cache_size)
 
 
 @contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pipeline.config import Params
 from pipeline.io import write_table
 from pipeline.models import prepare_base_model
-from stages.common import layout
+from stages.common import layout, open_grader
 
 
 def run_model(params: Params) -> str:
@@ -18,7 +18,8 @@ def run_problems(params: Params) -> str:
     from pipeline.problems import load_problems
 
     paths = layout(params)
-    train, evaluation, rejects = load_problems(params.problems)
+    with open_grader(params) as grader:
+        train, evaluation, rejects = load_problems(params.problems, grader)
     write_table(train, paths.problems_split("train"))
     write_table(evaluation, paths.problems_split("eval"))
     write_table(rejects, paths.problem_rejects)

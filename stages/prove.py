@@ -9,7 +9,7 @@ from pipeline.io import ShardedWriter, chunked, stable_hash, write_json
 from pipeline.models import fingerprint
 from pipeline.prover import prove_traces
 from pipeline.tables import EPISODES, PROVER, TRACES, from_rows
-from stages.common import layout, open_policy, progress, rows
+from stages.common import layout, open_grader, open_policy, progress, rows
 
 
 def run(params: Params, round_index: int) -> str:
@@ -23,6 +23,7 @@ def run(params: Params, round_index: int) -> str:
     fingerprint_data = {
         "round": round_index,
         "prover": params.prover.model_dump(mode="json"),
+        "grading": params.grading.model_dump(mode="json", exclude={"workers", "cache_size"}),
         "model": params.model.model_dump(mode="json"),
         "policy": fingerprint(policy),
         "inputs": stable_hash([(t["trace_id"], t["completion_ids"], episode_ends.get(t["trace_id"])) for t in traces]),
@@ -33,9 +34,11 @@ def run(params: Params, round_index: int) -> str:
         return f"round {round_index}: all prover shards already complete"
     _, prompts, backend = open_policy(params, round_index)
     total = sum(len(episode_ends.get(t["trace_id"], [])) + 1 for _, chunk in shards for t in chunk) * params.prover.k
-    with progress(total, f"prove r{round_index}") as update:
+    with progress(total, f"prove r{round_index}") as update, open_grader(params) as grader:
         for index, chunk in shards:
-            table_rows = prove_traces(chunk, episode_ends, answers, backend, prompts, params.prover, on_done=update)
+            table_rows = prove_traces(
+                chunk, episode_ends, answers, backend, prompts, params.prover, on_done=update, grader=grader
+            )
             writer.write(index, from_rows(table_rows, PROVER))
     stats = backend.stats
     write_json(stats.__dict__, paths.prover(round_index) / "_run_stats.json")

@@ -7,7 +7,7 @@ from pipeline.io import ShardedWriter, chunked, stable_hash
 from pipeline.models import fingerprint
 from pipeline.sampling import sample_traces
 from pipeline.tables import TRACES, from_rows
-from stages.common import layout, open_policy, progress, rows
+from stages.common import layout, open_grader, open_policy, progress, rows
 
 
 def run(params: Params, round_index: int) -> str:
@@ -17,6 +17,7 @@ def run(params: Params, round_index: int) -> str:
     fingerprint_data = {
         "round": round_index,
         "sample": params.sample.model_dump(mode="json"),
+        "grading": params.grading.model_dump(mode="json", exclude={"workers", "cache_size"}),
         "model": params.model.model_dump(mode="json"),
         "policy": fingerprint(policy),
         "problems": stable_hash([(p["problem_id"], p["answer"]) for p in problems]),
@@ -27,9 +28,11 @@ def run(params: Params, round_index: int) -> str:
         return f"round {round_index}: all trace shards already complete"
     ref, prompts, backend = open_policy(params, round_index)
     total = sum(len(chunk) for _, chunk in shards) * params.sample.n
-    with progress(total, f"sample r{round_index}") as update:
+    with progress(total, f"sample r{round_index}") as update, open_grader(params) as grader:
         for index, chunk in shards:
-            table_rows = sample_traces(chunk, backend, prompts, params.sample, round_index, ref.label, on_done=update)
+            table_rows = sample_traces(
+                chunk, backend, prompts, params.sample, round_index, ref.label, on_done=update, grader=grader
+            )
             writer.write(index, from_rows(table_rows, TRACES))
     backend.close()
     return f"round {round_index}: sampled {total} traces in {len(shards)} shard(s)"
