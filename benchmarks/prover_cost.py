@@ -7,7 +7,7 @@
 2. Adaptive sampling against fixed K on the default problems: answers spent, and how
    often the selected prefix j* (and the keep decision) differ.
 
-Run:  python benchmarks/prover_cost.py [--trace-tokens 5000] [--traces 16] [--k 8]
+Run:  python benchmarks/prover_cost.py [--trace-tokens 5000] [--traces 16] [--k 8] [--part reuse|adaptive]
 Absolute times depend on the machine; compare the ratios.
 """
 
@@ -103,12 +103,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--trace-tokens", type=int, default=5000)
     parser.add_argument("--episodes", type=int, default=12)
+    parser.add_argument("--part", choices=["all", "reuse", "adaptive"], default="all", help="run one part only")
     args = parser.parse_args()
 
     ref = resolve(model_folder(args.model))
     tokenizer, model = load_tokenizer(ref), load_causal_lm(ref)
     prompts = PromptBuilder(tokenizer, "chatml_think")
-    prefix_reuse(model, tokenizer, prompts, args)
+    if args.part in ("all", "reuse"):
+        prefix_reuse(model, tokenizer, prompts, args)
+    if args.part == "reuse":
+        return
     defaults = load_params(REPO / "params.yaml")
     train, _, _ = load_problems(defaults.problems.model_copy(update={"train_size": args.traces}))
     problems = train.to_pylist()

@@ -58,3 +58,26 @@ def test_nucleus_sampling_keeps_to_the_nucleus():
     drawn = {sample_token(logits, 1.0, 0.7, torch.Generator().manual_seed(s)) for s in range(200)}
     assert drawn == {0, 1}
     assert common_prefix_length((1, 2, 3), (1, 2, 4)) == 2 and common_prefix_length((1,), (1, 2)) == 1
+
+
+def test_shared_prefix_decoding_matches_full_attention(tiny_model_dir, tokenizer):
+    """Cascade attention over (shared prompt KV, own tokens) gives the logits of a full forward pass."""
+    from pipeline.backends.transformers_backend import TransformersBackend
+    from pipeline.models import ModelRef, load_causal_lm
+
+    reference = load_causal_lm(ModelRef(str(tiny_model_dir)))
+    backend = TransformersBackend(load_causal_lm(ModelRef(str(tiny_model_dir))), tokenizer, batch_size=8)
+    prompts = [tuple(range(300, 340)), tuple(range(300, 317)) + (5, 6)]
+    entries = [backend._prefill(p) for p in prompts]
+    rows = [entries[0], entries[1], entries[0], entries[1], entries[0]]  # 3 samples of one, 2 of the other
+    cache = backend._batched_cache(rows, extra=4)
+    continuations = [[11, 12], [13, 14], [15, 16], [17, 18], [19, 20]]
+    positions = torch.tensor([[e.length] for e in rows])
+    with torch.inference_mode():
+        for step in range(2):
+            ids = torch.tensor([[c[step]] for c in continuations])
+            logits = backend.model(input_ids=ids, position_ids=positions + step, past_key_values=cache, use_cache=True).logits[:, -1]
+        for row, (entry, tail) in enumerate(zip(rows, continuations)):
+            prompt = prompts[0] if entry is entries[0] else prompts[1]
+            full = reference(input_ids=torch.tensor([list(prompt) + tail])).logits[0, -1]
+            assert torch.allclose(logits[row], full, atol=1e-4), row

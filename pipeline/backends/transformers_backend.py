@@ -8,19 +8,19 @@ Two things `model.generate` does not do, and why this loop exists:
   of a prompt share one prefill. `stats` reports computed against naive prefill tokens.
 - Per-sample seeds. Each sample draws from its own `torch.Generator`, seeded from the
   request seed and the sample index, so it does not depend on batching or sharding.
-Decoding is batched across requests: the per-prompt caches are left-padded into one batch.
+Decoding is batched across requests; the samples of one prompt share its KV cache instead of
+copying it per row (`pipeline.backends.shared_prefix`).
 """
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from pipeline.backends.base import Completion, GenerationStats, Request
+from pipeline.backends.shared_prefix import install, shared_prefix_layers
 from pipeline.tokens import decode
 
 _STOP_LOOKBACK_TOKENS = 16
@@ -70,38 +70,6 @@ def common_prefix_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
     return low
 
 
-class _GrowingLayer(DynamicLayer):
-    """A KV layer with room reserved for the tokens still to be generated.
-
-    `DynamicLayer` concatenates on every step, copying the whole cache each time: with
-    long prompts that copying, not the model, dominates decoding. This layer writes new
-    tokens into a preallocated buffer and exposes views of the filled part.
-    """
-
-    def __init__(self, keys_buffer: torch.Tensor, values_buffer: torch.Tensor, length: int):
-        super().__init__()
-        self._keys_buffer, self._values_buffer, self.length = keys_buffer, values_buffer, length
-        self.dtype, self.device, self.is_initialized = keys_buffer.dtype, keys_buffer.device, True
-        self._expose()
-
-    def _expose(self) -> None:
-        self.keys = self._keys_buffer[:, :, : self.length]
-        self.values = self._values_buffer[:, :, : self.length]
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        new = key_states.shape[2]
-        if self.length + new > self._keys_buffer.shape[2]:
-            raise RuntimeError("generation ran past the reserved KV cache length")
-        self._keys_buffer[:, :, self.length : self.length + new] = key_states
-        self._values_buffer[:, :, self.length : self.length + new] = value_states
-        self.length += new
-        self._expose()
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-
 class _Prefilled:
     """KV cache (batch 1) of a prompt and the logits of its last position."""
 
@@ -128,10 +96,7 @@ class TransformersBackend:
         self._prefix_cache: OrderedDict[tuple[int, ...], _Prefilled] = OrderedDict()
         self._prefix_cache_entries = prefix_cache_entries
         self._reuse_prefixes = reuse_prefixes  # False: only identical prompts share a prefill (the naive cost)
-        if self.device.type == "cpu":
-            # With a padding mask transformers copies each KV head group before SDPA; torch's CPU
-            # SDPA handles grouped heads itself, with identical results and much less copying.
-            os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
+        install(model)  # decoding reads each prompt's KV cache once per step, not once per sample
 
     def generate(self, requests: list[Request], on_done=None) -> list[list[Completion]]:
         # Keep request order: neighbouring prompts (prefixes of one trace) share the most.
@@ -173,33 +138,19 @@ class TransformersBackend:
             self._prefix_cache.popitem(last=False)
         return entry
 
-    def _batched_cache(self, entries: list[_Prefilled], extra: int) -> tuple[DynamicCache, torch.Tensor]:
-        """Left-pad per-prompt caches into one batch with room for `extra` new tokens.
-
-        Returns the cache and its attention mask. Samples of one prompt share its tensors
-        until here; they are copied into the batch once, not on every decoding step. Only
-        the padding is zeroed (masked, but it must not hold NaNs); the rest is written.
-        """
-        width = max(e.length for e in entries)
-        attention = torch.zeros((len(entries), width), dtype=torch.long, device=self.device)
-        for i, entry in enumerate(entries):
-            attention[i, width - entry.length :] = 1
-        layers = []
-        for layer in range(len(entries[0].kv)):
-            k0 = entries[0].kv[layer][0]
-            shape = (len(entries), k0.shape[1], width + extra, k0.shape[3])
-            keys, values = k0.new_empty(shape), k0.new_empty(shape)
-            for i, entry in enumerate(entries):
-                pad = width - entry.length
-                k, v = entry.kv[layer]
-                keys[i, :, :pad] = 0
-                values[i, :, :pad] = 0
-                keys[i, :, pad:width] = k[0]
-                values[i, :, pad:width] = v[0]
-            layers.append(_GrowingLayer(keys, values, width))
+    def _batched_cache(self, entries: list[_Prefilled], extra: int) -> DynamicCache:
+        """One cache for a decoding batch: each distinct prompt's KV once, shared by its samples."""
+        groups: dict[int, int] = {}
+        distinct: list[_Prefilled] = []
+        row_groups = []
+        for entry in entries:
+            if id(entry) not in groups:
+                groups[id(entry)] = len(distinct)
+                distinct.append(entry)
+            row_groups.append(groups[id(entry)])
         cache = DynamicCache()
-        cache.layers = layers
-        return cache, attention
+        cache.layers = shared_prefix_layers([e.kv for e in distinct], row_groups, extra)
+        return cache
 
     @torch.inference_mode()
     def _generate_batch(self, requests: list[Request], batch: list[tuple[int, int]]) -> list[Completion]:
@@ -207,7 +158,7 @@ class TransformersBackend:
         params = [requests[r].params for r, _ in batch]
         generators = [torch.Generator().manual_seed(sample_seed(p.seed, s)) for p, (_, s) in zip(params, batch)]
         max_new = max(p.max_tokens for p in params)
-        past, attention = self._batched_cache(entries, max_new)
+        past = self._batched_cache(entries, max_new)
         positions = torch.tensor([[e.length] for e in entries], device=self.device)
         logits = torch.stack([e.last_logits for e in entries])
         generated: list[list[int]] = [[] for _ in batch]
@@ -232,10 +183,8 @@ class TransformersBackend:
             if all(f is not None for f in finish):
                 break
             step_ids = torch.tensor(next_ids, device=self.device).unsqueeze(-1)
-            attention = torch.cat([attention, torch.ones_like(step_ids)], dim=-1)
             out = self.model(
                 input_ids=step_ids,
-                attention_mask=attention,
                 position_ids=positions,
                 past_key_values=past,
                 use_cache=True,
