@@ -141,6 +141,23 @@ class ProverConfig(Section):
         return self
 
 
+class EvalConfig(Section):
+    """Held-out evaluation of each round's policy on the eval split (`mrt evaluate`)."""
+
+    n: int = Field(4, gt=0)  # samples per eval problem
+    k_values: list[int] = Field(default_factory=lambda: [1, 2, 4])
+    max_tokens: int | None = Field(None, gt=0)  # null: sample.max_tokens
+    seed: int = 2
+    budget_points: int = Field(8, gt=1)  # points of the accuracy-vs-tokens curve
+
+    @field_validator("k_values")
+    @classmethod
+    def _positive_k(cls, value: list[int]) -> list[int]:
+        if not value or any(k <= 0 for k in value):
+            raise ValueError("k_values must be a non-empty list of positive integers")
+        return value
+
+
 class GradingConfig(Section):
     """Answer grading (`pipeline.grading`): which text fallbacks extract an answer when there
     is no `\\boxed{}`, the hard time limit per answer, and the worker processes that enforce it."""
@@ -201,6 +218,7 @@ class Params(Section):
     episodes: EpisodesConfig = Field(default_factory=EpisodesConfig)
     prover: ProverConfig = Field(default_factory=ProverConfig)
     grading: GradingConfig = Field(default_factory=GradingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     regret: RegretConfig = Field(default_factory=RegretConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -64,6 +64,19 @@ class Layout:
     def exports(self, r: int) -> Path:
         return self.round_dir(r) / "export"
 
+    def eval_dir(self, r: int) -> Path:
+        """Evaluation of round r's policy (r = 0: the base model; r: after r rounds of SFT)."""
+        return self.root / "eval" / str(r)
+
+    def eval_traces(self, r: int) -> Path:
+        return self.eval_dir(r) / "traces"
+
+    def eval_prover(self, r: int) -> Path:
+        return self.eval_dir(r) / "prover"
+
+    def eval_reports(self, r: int) -> Path:
+        return self.reports / "eval" / str(r)
+
     def policy(self, r: int) -> Path:
         """The model that samples round r: the base model in round 0, else round r-1's SFT model."""
         return self.base_model if r == 0 else self.model(r - 1)

@@ -84,6 +84,7 @@ _round_command("score", "score", "Progress per episode (J(j) - J(j-1)) and norma
 _round_command("select", "select", "Select SFT targets: MRT-STaR (truncate at the best prefix) or STaR; writes round metrics.")
 _round_command("train", "train", "Supervised fine-tuning with trl on the selected targets (loss on the completion only).")
 _round_command("export", "export", "Export selected targets as Parquet: trl prompt/completion and messages formats.")
+_round_command("evaluate", "evaluate", "Evaluate round r's policy (0: base model) on the eval split: pass@k, maj@k, tokens, accuracy vs budget.")
 
 
 @app.command("grade")

@@ -37,6 +37,7 @@ def write_params(workdir: Path, model_dir: Path) -> None:
     params["episodes"].update(window_tokens=8)
     params["prover"].update(k=2, max_answer_tokens=12, shard_size=4)
     params["train"].update(epochs=1, batch_size=2, logging_steps=1)
+    params["eval"].update(n=2, k_values=[1, 2], budget_points=4)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
 
 
@@ -67,6 +68,16 @@ def test_two_rounds_with_dvc(tmp_path, tiny_model_dir):
         assert (round_dir / "model" / "model.safetensors").exists()
     # Round 1 sampled with round 0's fine-tuned model.
     assert pq.read_table(data / "rounds" / "1" / "traces").column("model")[0].as_py().endswith("rounds/0/model")
+
+    for model_index in (0, 1, 2):  # base model, after round 0, after round 1
+        reports = tmp_path / "metrics" / "eval" / str(model_index)
+        metrics = json.loads((reports / "metrics.json").read_text())
+        assert metrics["problems"] == 2 and metrics["samples_per_problem"] == 2
+        assert 0 <= metrics["pass@1"] <= metrics["pass@2"] <= 1
+        curve = json.loads((reports / "accuracy_by_budget.json").read_text())
+        assert [p["budget_tokens"] for p in curve] == [9, 18, 27, 36]  # (24 + 12) / 4 steps
+    plots = run(["dvc", "plots", "show", "--json"], tmp_path)
+    assert "accuracy_by_budget" in plots
 
     second = run(["dvc", "repro"], tmp_path)
     assert "Running stage" not in second
