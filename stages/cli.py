@@ -112,6 +112,14 @@ def grade(
     typer.secho(f"graded {sum(counts[k] for k in ('correct', 'incorrect', 'unparsed'))} rows -> {output} ({summary})", fg=typer.colors.GREEN)
 
 
+@app.command("report")
+def report(params: Path = ParamsOption, set_: list[str] = SetOption) -> None:
+    """Write metrics/report/report.md with tables and PNG plots (accuracy vs tokens, regret, progress)."""
+    from pipeline.report import write_report
+
+    _run(params, set_, lambda p: f"report -> {write_report(Path(p.metrics_dir), Path(p.metrics_dir) / 'report')}")
+
+
 @app.command("show-params")
 def show_params(params: Path = ParamsOption, set_: list[str] = SetOption) -> None:
     """Print the validated parameters, defaults filled in."""

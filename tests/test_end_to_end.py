@@ -76,6 +76,8 @@ def test_two_rounds_with_dvc(tmp_path, tiny_model_dir):
         assert 0 <= metrics["pass@1"] <= metrics["pass@2"] <= 1
         curve = json.loads((reports / "accuracy_by_budget.json").read_text())
         assert [p["budget_tokens"] for p in curve] == [9, 18, 27, 36]  # (24 + 12) / 4 steps
+    report = (tmp_path / "metrics" / "report" / "report.md").read_text()
+    assert "| after round 1 |" in report and (tmp_path / "metrics" / "report" / "accuracy_vs_tokens.png").stat().st_size > 0
     plots = run(["dvc", "plots", "show", "--json"], tmp_path)
     assert "accuracy_by_budget" in plots
 
