@@ -55,6 +55,8 @@ def judge(gold: str, predicted: str) -> tuple[str, str | None]:
     predicted_parsed = parse_math(predicted.strip())
     if not predicted_parsed:
         return UNPARSED, "unparsed_prediction"
+    if len(gold_parsed) == 2 and len(predicted_parsed) == 2:  # both percentages: compare as percentages
+        gold_parsed, predicted_parsed = gold_parsed[:1], predicted_parsed[:1]
     for gold_reading in gold_parsed:
         for predicted_reading in predicted_parsed:
             if verify(list(gold_reading), list(predicted_reading), timeout_seconds=None, raise_on_error=False):

@@ -20,13 +20,13 @@ FALLBACK_PATTERNS: dict[str, re.Pattern[str]] = {
         r"answer is[:\s]{0,8}\$?([^\n$]{1,300}?)\$?[ \t]{0,8}(?:\.[ \t\n]|\.?$)", re.IGNORECASE | re.MULTILINE
     ),
     "answer_colon": re.compile(
-        r"^[ \t]{0,8}(?:final[ \t]+)?answer[ \t]{0,4}[:=][ \t]{0,8}\$?([^\n$]{1,300}?)\$?[ \t]{0,8}\.?[ \t]{0,8}$",
+        r"^[ \t]{0,8}\**[ \t]{0,2}(?:final[ \t]+)?answer[ \t]{0,4}\**[ \t]{0,2}[:=][ \t]{0,8}\**[ \t]{0,2}\$?([^\n$]{1,300}?)\$?[ \t]{0,8}\.?[ \t]{0,8}$",
         re.IGNORECASE | re.MULTILINE,
     ),
 }
 DEFAULT_FALLBACKS = ("final_answer_is", "answer_colon")
 _BOX_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_BRACE = re.compile(r"[{}]")
+_BRACE = re.compile(r"(?<!\\)[{}]")  # `\{` and `\}` are literal braces (sets, `\left\{`)
 
 
 def answer_part(completion: str) -> str:
@@ -69,6 +69,7 @@ def extract_answer(completion: str, fallbacks: Sequence[str] = DEFAULT_FALLBACKS
     tail = text[-FALLBACK_TAIL_CHARS:]
     for name in fallbacks:
         matches = FALLBACK_PATTERNS[name].findall(tail)
-        if matches and matches[-1].strip():
-            return matches[-1].strip()
+        answer = matches[-1].strip().strip("*").strip() if matches else ""  # markdown bold is not math
+        if answer:
+            return answer
     return None

@@ -11,6 +11,9 @@ from __future__ import annotations
 import re
 
 _CALL = re.compile(r"\b(sqrt|binom|choose|nCr|C)\s*\(")
+_FUNCTION = re.compile(r"\b(ln|log|exp|sin|cos|tan|cot|sec|csc|arcsin|arccos|arctan)\s*(?=\()")
+_THIN_SPACE_THOUSANDS = re.compile(r"(?<=\d)\\[,;:! ](?=\d{3}(?!\d))")  # 1\,000 -> 1000
+_SYMBOLS = {"°": "^\\circ", "\\varnothing": "\\emptyset", "−": "-", "×": "\\times ", "π": "\\pi "}
 _PI = re.compile(r"(?<![\\A-Za-z])pi(?![A-Za-z])")
 _PERCENT = re.compile(r"^(.*?)\s*(?:\\%|%|\\text\{\s*\\?%\s*\}|\\percent)\s*$", re.DOTALL)
 _MAX_REWRITES = 64
@@ -62,12 +65,16 @@ def plain_to_latex(text: str) -> str:
                 break
             replacement = f"\\binom{{{parts[0]}}}{{{parts[1]}}}"
         text = text[: match.start()] + replacement + text[close_at + 1 :]
+    text = _FUNCTION.sub(lambda m: "\\" + m.group(1), text)
     return _PI.sub(r"\\pi ", text)
 
 
 def readings(text: str) -> tuple[str, ...]:
     """The LaTeX readings of one answer: usually one, two for a percentage."""
-    text = plain_to_latex(text.strip())
+    text = text.strip().rstrip(".").rstrip()  # a sentence's full stop is not part of the answer
+    for symbol, latex in _SYMBOLS.items():
+        text = text.replace(symbol, latex)
+    text = _THIN_SPACE_THOUSANDS.sub("", plain_to_latex(text))
     match = _PERCENT.match(text)
     if match and match.group(1).strip():
         number = match.group(1).strip()
