@@ -180,3 +180,12 @@ def test_mrt_grade_cli(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"gold": "1"}\n{oops\n')
     bad = CliRunner().invoke(app, ["grade", str(tmp_path / "bad.jsonl")])
     assert bad.exit_code == 2 and "line 2" in bad.output
+
+
+def test_first_answer_of_a_fresh_worker_gets_the_same_limit():
+    """The limit starts when the worker is ready, so a hang in the first answer is cut short too."""
+    with Grader(workers=1, timeout_seconds=1.0) as pool:
+        started = time.perf_counter()
+        [grade] = pool.grade_answers(["1"], ["9^{9^{9^{9}}}"])  # C-level big-integer work
+        assert grade.grade == UNPARSED and grade.reason == "timeout"
+        assert time.perf_counter() - started < 1.0 + 5.0  # limit + worker start-up

@@ -62,7 +62,7 @@ class _Worker:
     pending: deque = field(default_factory=deque)
     deadline: float = 0.0
     buffer: bytes = b""
-    started: bool = False  # has answered at least once (imports done)
+    started: bool = False  # has said it is ready (imports done)
 
     def send(self, batch: list) -> None:
         self.process.stdin.write((json.dumps(batch) + "\n").encode())
@@ -205,7 +205,7 @@ class Grader:
                 chunk = [queue.popleft() for _ in range(min(size, len(queue)))]
                 worker.send([(i, *tasks[i]) for i in chunk])
                 worker.pending.extend(chunk)
-                # The first answer of a fresh worker also waits for its start-up (imports).
+                # Until a fresh worker says it is ready (imports done), its start-up is allowed for.
                 worker.deadline = time.monotonic() + self.timeout_seconds + self._startup_allowance(worker)
                 busy.append(worker)
             timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
@@ -218,13 +218,17 @@ class Grader:
                         self._fail_first(worker, results, queue, "error")
                         busy.remove(worker)
                         continue
-                    for task_index, grade, reason, seconds in replies:
+                    for reply in replies:
+                        if reply == ["ready"]:
+                            worker.started = True
+                            worker.deadline = time.monotonic() + self.timeout_seconds
+                            continue
+                        task_index, grade, reason, seconds = reply
                         worker.pending.remove(task_index)
                         results[task_index] = (grade, reason)
                         self.stats.timeouts += reason == "timeout"
                         self.stats.slowest_seconds = max(self.stats.slowest_seconds, seconds)
                         worker.deadline = time.monotonic() + self.timeout_seconds
-                        worker.started = True
                     if not worker.pending:
                         busy.remove(worker)
                 elif time.monotonic() >= worker.deadline:

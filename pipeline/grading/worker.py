@@ -51,6 +51,8 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGALRM, _on_timer)
     sys.setrecursionlimit(10_000)
+    sys.stdout.write(json.dumps(["ready"]) + "\n")  # imports done: per-answer deadlines start now
+    sys.stdout.flush()
     for line in sys.stdin:
         for task_id, kind, gold, predicted in json.loads(line):
             started = time.perf_counter()
