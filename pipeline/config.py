@@ -6,6 +6,7 @@ with a message that names the key (`sample.n: Input should be greater than 0`).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -116,6 +117,22 @@ class EpisodesConfig(Section):
     regex: str = r"(?m)^Backtrack to (?:Line \d+|beginning)"
     window_tokens: int = Field(32, gt=0)
     fallback_window: bool = True
+
+    @field_validator("regex")
+    @classmethod
+    def _valid_regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise ValueError(f"not a valid regular expression: {error}") from None
+        return value
+
+    @field_validator("markers")
+    @classmethod
+    def _non_empty_markers(cls, value: list[str]) -> list[str]:
+        if any(not marker.strip() for marker in value):
+            raise ValueError("markers must be non-empty text")
+        return value
 
 
 class ProverConfig(Section):
@@ -243,7 +260,10 @@ def parse_override(override: str) -> tuple[list[str], Any]:
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise ConfigError(f"override {override!r} has an empty key")
-    return parts, yaml.safe_load(raw)
+    try:
+        return parts, yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {override!r}: {'.'.join(parts)}: the value is not valid YAML ({error})") from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -264,7 +284,12 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
     path = Path(path)
     raw: dict[str, Any] = {}
     if path.exists():
-        loaded = yaml.safe_load(path.read_text())
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{path}: cannot read the parameters file: {error}") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         raw = loaded or {}

@@ -63,7 +63,8 @@ def marker_boundaries(text: str, config: EpisodesConfig) -> list[tuple[int, str]
 
 def regex_boundaries(text: str, config: EpisodesConfig) -> list[tuple[int, str]]:
     pattern = re.compile(config.regex)
-    found = [(m.start(), m.group(0)[:40]) for m in pattern.finditer(text) if m.start() > 0]
+    # A pattern may match the empty string: such a boundary is labelled `regex`, never "".
+    found = [(m.start(), m.group(0)[:40] or "regex") for m in pattern.finditer(text) if m.start() > 0]
     return found[: config.max_episodes]
 
 
@@ -97,6 +98,10 @@ def split_episodes(text: str, char_starts: list[int], config: EpisodesConfig) ->
         token_cuts = [(token_at_or_before(char_starts, char), marker) for char, marker in found]
     cuts: list[tuple[int, str]] = [(0, "start")]
     for token, marker in token_cuts:
+        # Tokens that start at the same character hold the bytes of one character (byte-level
+        # tokenizers): never cut between them, or a prefix would end in half a character.
+        while 0 < token < n_tokens and char_starts[token - 1] == char_starts[token]:
+            token -= 1
         if cuts[-1][0] < token < n_tokens:
             cuts.append((token, marker))
     episodes = []

@@ -8,6 +8,7 @@ to a rejects table with its reason, never silently away.
 from __future__ import annotations
 
 import json
+import math
 import random
 import unicodedata
 from dataclasses import dataclass
@@ -90,9 +91,14 @@ def _file_rows(config: ProblemsConfig) -> tuple[str, list[RawRow]]:
                 for line_number, line in enumerate(file.read_text().splitlines(), start=1):
                     if line.strip():
                         try:
-                            records.append(json.loads(line))
-                        except json.JSONDecodeError as error:
+                            record = json.loads(line)
+                        except ValueError as error:  # bad JSON, or an integer too long to convert
                             raise ProblemSourceError(f"{file}:{line_number}: not valid JSON: {error}") from error
+                        if not isinstance(record, dict):
+                            raise ProblemSourceError(
+                                f"{file}:{line_number}: expected a JSON object per line, got {type(record).__name__}"
+                            )
+                        records.append(record)
         except ProblemSourceError:
             raise
         except Exception as error:
@@ -101,10 +107,12 @@ def _file_rows(config: ProblemsConfig) -> tuple[str, list[RawRow]]:
     if not rows:
         raise ProblemSourceError(f"problems.path: {path} holds no rows")
     wanted = [config.columns.problem, config.columns.answer] + ([config.columns.id] if config.columns.id else [])
-    missing = [c for c in wanted if c not in rows[0].data]
+    # Any row may lack a key (JSONL): such rows are rejected one by one; a column that no row has is an error.
+    available = set().union(*(row.data for row in rows))
+    missing = [c for c in wanted if c not in available]
     if missing:
         raise ProblemSourceError(
-            f"problems.columns: column(s) {missing} not found in {path}; it has {sorted(rows[0].data)}"
+            f"problems.columns: column(s) {missing} not found in {path}; it has {sorted(map(str, available))}"
         )
     mapped = []
     for row in rows:
@@ -125,15 +133,27 @@ def _reject(source: str, row: RawRow, reason: str, pid: str | None = None) -> di
     }
 
 
+def _text_issue(value: Any, what: str, allowed: str) -> str | None:
+    """Why a value cannot serve as the problem or answer text (None when it can)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return f"missing or empty {what}"
+    if not isinstance(value, str):
+        return f"{what} is {type(value).__name__}, not {allowed}"
+    return None
+
+
 def _validate(source: str, row: RawRow) -> tuple[dict | None, dict | None]:
     problem, answer = row.data.get("problem"), row.data.get("answer")
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
-        answer = str(answer)
-    if not isinstance(problem, str) or not problem.strip():
-        return None, _reject(source, row, "missing or empty problem text")
+        # Numbers are fine as answers; NaN or infinity (e.g. a missing value in a float column) is not.
+        answer = None if isinstance(answer, float) and not math.isfinite(answer) else str(answer)
+    issue = _text_issue(problem, "problem text", "text")
+    if issue:
+        return None, _reject(source, row, issue)
     pid = str(row.data["id"]) if row.data.get("id") not in (None, "") else problem_id(source, problem)
-    if not isinstance(answer, str) or not answer.strip():
-        return None, _reject(source, row, "missing or empty answer", pid)
+    issue = _text_issue(answer, "answer", "text or a number")
+    if issue:
+        return None, _reject(source, row, issue, pid)
     clean = {
         "problem_id": pid,
         "source": source,

@@ -26,13 +26,21 @@ def token_char_starts(tokenizer, ids: Sequence[int]) -> list[int]:
     if getattr(tokenizer, "is_fast", False):
         encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         if list(encoded["input_ids"]) == ids:
-            return [start for start, _ in encoded["offset_mapping"]] + [len(text)]
-    # Slow path: prefix decodes (exact for byte-level and sentencepiece tokenizers).
+            spans = encoded["offset_mapping"]
+            starts = [spans[0][0]]
+            for previous, (start, _) in zip(spans, spans[1:]):
+                # A token that begins inside the previous token's last character (the rest of a
+                # multi-byte character) shares its start: no boundary can fall between them.
+                starts.append(starts[-1] if start < previous[1] else start)
+            return starts + [len(text)]
+    # Slow path: prefix decodes (exact for byte-level and sentencepiece tokenizers). A prefix
+    # that does not decode to a prefix of the text ends inside a character: no boundary there.
     starts = [0]
     for i in range(1, len(ids)):
-        starts.append(min(len(decode(tokenizer, ids[:i])), len(text)))
+        prefix = decode(tokenizer, ids[:i])
+        starts.append(len(prefix) if text.startswith(prefix) else starts[-1])
     starts.append(len(text))
-    for i in range(1, len(starts)):  # partial UTF-8 sequences can decode shorter; keep order
+    for i in range(1, len(starts)):  # keep order
         starts[i] = max(starts[i], starts[i - 1])
     return starts
 

@@ -21,17 +21,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ParamsOption = typer.Option(Path("params.yaml"), "--params", "-p", help="Parameters file (the one DVC reads).")
+ParamsOption = typer.Option(None, "--params", "-p", help="Parameters file (default: ./params.yaml, the one DVC reads).")
+DEFAULT_PARAMS = Path("params.yaml")
 SetOption = typer.Option(None, "--set", "-s", help="Override a parameter, e.g. --set sample.n=4 (repeatable).")
 RoundOption = typer.Option(0, "--round", "-r", min=0, help="Round index: round r samples with round r-1's model.")
 
 _EXPECTED_ERRORS = (ConfigError, ModelNotFoundError, ProblemSourceError, FileNotFoundError, ValueError)
 
 
-def _run(params_file: Path, overrides: list[str] | None, action: Callable[[Params], str]) -> None:
+def _run(params_file: Path | None, overrides: list[str] | None, action: Callable[[Params], str]) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        params = load_params(params_file, overrides or [])
+        if params_file is not None and not params_file.is_file():
+            raise ConfigError(f"--params {params_file}: no such file")  # only ./params.yaml may be absent
+        params = load_params(params_file or DEFAULT_PARAMS, overrides or [])
         message = action(params)
     except _EXPECTED_ERRORS as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
