@@ -2,9 +2,10 @@
 
 A long stage splits its work into numbered shards. Each shard is written to a hidden
 temporary file and renamed into place, so a file named `part-NNNNN.parquet` is always
-complete: a crash loses at most the shard in flight. A `_manifest.json` records the hash
-of everything the shards depend on; when it changes, stale shards are removed instead of
-being mixed with new ones. Readers skip names starting with `.` or `_`.
+complete: a crash loses at most the shard in flight, and the next writer deletes the
+temporary file it left. A `_manifest.json` records the hash of everything the shards depend
+on; when it changes, stale shards are removed instead of being mixed with new ones. Readers
+skip names starting with `.` or `_`.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class ShardedWriter:
         else:
             # Shards without a manifest cannot be trusted to match these parameters.
             self.clear()
+        self.remove_partial_writes()
         manifest = {
             "fingerprint_hash": self.fingerprint_hash,
             "fingerprint": fingerprint,
@@ -118,6 +120,11 @@ class ShardedWriter:
                 shutil.rmtree(child)
             else:
                 child.unlink()
+
+    def remove_partial_writes(self) -> None:
+        """Delete the temporary files of writes cut short by a kill (never read, but kept forever otherwise)."""
+        for child in self.folder.glob(".*.tmp"):
+            child.unlink(missing_ok=True)
 
     def shard_path(self, index: int) -> Path:
         return self.folder / f"part-{index:05d}.parquet"

@@ -176,7 +176,11 @@ class Grader:
     def _spawn(self) -> _Worker:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
         command = [sys.executable, "-c", _WORKER_MAIN, str(0.8 * self.timeout_seconds)]
-        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=_PACKAGE_ROOT)
+        # Own process group: a terminal's Ctrl-C is the caller's to handle, not the workers'. A
+        # worker exits when its stdin closes, so it never outlives the caller, even after SIGKILL.
+        process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=_PACKAGE_ROOT, process_group=0
+        )
         return _Worker(process)
 
     def _replace(self, worker: _Worker) -> _Worker:

@@ -11,6 +11,7 @@ hard deadline kills the process for what the timer cannot interrupt (C-level ari
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -47,6 +48,13 @@ def judge_with_deadline(kind: str, gold: str, predicted: str | None, soft_second
 
 
 def main() -> None:
+    try:
+        _serve()
+    except BrokenPipeError:  # the caller is gone (killed): nothing to answer, exit quietly
+        os._exit(0)
+
+
+def _serve() -> None:
     soft_seconds = float(sys.argv[-1])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGALRM, _on_timer)
