@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
 
+import pyarrow as pa
+
 from pipeline.config import Params
-from pipeline.io import ShardedWriter, chunked, stable_hash, write_json
+from pipeline.io import ShardedWriter, read_table, write_json
 from pipeline.models import fingerprint
 from pipeline.prover import prove_traces
 from pipeline.tables import EPISODES, PROVER, TRACES, from_rows
 from stages.common import layout, open_grader, open_policy, progress, rows
 
 
+def _inputs_hash(traces: pa.Table, episode_ends: dict[str, list[int]]) -> str:
+    """Hash of what the prover reads, computed batch by batch (no Python copy of the whole table)."""
+    digest = hashlib.sha256()
+    for batch in traces.select(["trace_id", "completion_ids"]).to_batches(max_chunksize=256):
+        for trace_id, ids in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+            digest.update(json.dumps([trace_id, ids, episode_ends.get(trace_id)]).encode())
+    return digest.hexdigest()[:16]
+
+
 def run(params: Params, round_index: int) -> str:
     paths = layout(params)
-    traces = rows(paths.traces(round_index), TRACES)
+    traces = read_table(paths.traces(round_index), TRACES)  # Arrow; shards become Python rows one at a time
     episode_ends: dict[str, list[int]] = defaultdict(list)
     for episode in sorted(rows(paths.episodes(round_index), EPISODES), key=lambda e: e["episode_index"]):
         episode_ends[episode["trace_id"]].append(episode["token_end"])
@@ -26,16 +39,19 @@ def run(params: Params, round_index: int) -> str:
         "grading": params.grading.model_dump(mode="json", exclude={"workers", "cache_size"}),
         "model": params.model.model_dump(mode="json"),
         "policy": fingerprint(policy),
-        "inputs": stable_hash([(t["trace_id"], t["completion_ids"], episode_ends.get(t["trace_id"])) for t in traces]),
+        "inputs": _inputs_hash(traces, episode_ends),
     }
     writer = ShardedWriter(paths.prover(round_index), fingerprint_data, {"policy_folder": str(policy)})
-    shards = [(i, chunk) for i, chunk in chunked(traces, params.prover.shard_size) if not writer.is_done(i)]
+    size = params.prover.shard_size
+    trace_ids = traces.column("trace_id").to_pylist()
+    shards = [(i, start) for i, start in enumerate(range(0, traces.num_rows, size)) if not writer.is_done(i)]
     if not shards:
         return f"round {round_index}: all prover shards already complete"
     _, prompts, backend = open_policy(params, round_index)
-    total = sum(len(episode_ends.get(t["trace_id"], [])) + 1 for _, chunk in shards for t in chunk) * params.prover.k
+    total = sum(len(episode_ends.get(t, [])) + 1 for _, start in shards for t in trace_ids[start : start + size]) * params.prover.k
     with progress(total, f"prove r{round_index}") as update, open_grader(params) as grader:
-        for index, chunk in shards:
+        for index, start in shards:
+            chunk = traces.slice(start, size).to_pylist()
             table_rows = prove_traces(
                 chunk, episode_ends, answers, backend, prompts, params.prover, on_done=update, grader=grader
             )
@@ -45,6 +61,6 @@ def run(params: Params, round_index: int) -> str:
     backend.close()
     saved = 1 - stats.prefill_tokens / max(1, stats.prompt_tokens)
     return (
-        f"round {round_index}: proved {sum(len(c) for _, c in shards)} traces ({total} answers); "
+        f"round {round_index}: proved {sum(len(trace_ids[s : s + size]) for _, s in shards)} traces ({total} answers); "
         f"prefill computed {stats.prefill_tokens} of {stats.prompt_tokens} prompt tokens ({saved:.0%} reused)"
     )
