@@ -24,6 +24,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 MANIFEST = "_manifest.json"
+COMPLETE = "_complete.json"  # written once every shard of a folder exists
+
+
+class IncompleteShardsError(FileNotFoundError):
+    """A shard folder whose stage has not finished (crashed or interrupted): rerun that stage."""
 _VERSIONED_PACKAGES = ("torch", "transformers", "trl", "datasets", "math-verify", "pyarrow", "vllm")
 
 
@@ -74,6 +79,13 @@ def read_table(path: str | Path, schema: pa.Schema | None = None) -> pa.Table:
         raise FileNotFoundError(f"{path} does not exist: run the stage that writes it first")
     if path.is_dir():
         parts = sorted(p for p in path.glob("part-*.parquet"))
+        complete = path / COMPLETE
+        expected = json.loads(complete.read_text()).get("shards") if complete.exists() else None
+        if (path / MANIFEST).exists() and expected != len(parts):
+            raise IncompleteShardsError(
+                f"{path}: {len(parts)} shard(s) written but the stage that writes them did not finish; "
+                "rerun it (completed shards are kept)"
+            )
         if not parts:
             if schema is None:
                 raise FileNotFoundError(f"{path} holds no shards")
@@ -134,6 +146,13 @@ class ShardedWriter:
 
     def write(self, index: int, table: pa.Table) -> None:
         write_table(table, self.shard_path(index))
+
+    def complete(self, n_shards: int) -> None:
+        """Mark the folder complete once shards 0..n-1 all exist; readers refuse it before that."""
+        missing = [i for i in range(n_shards) if not self.is_done(i)]
+        if missing:
+            raise RuntimeError(f"{self.folder}: shards {missing[:5]} missing; cannot mark complete")
+        write_json({"shards": n_shards, "fingerprint_hash": self.fingerprint_hash}, self.folder / COMPLETE)
 
 
 def chunked(items: list[Any], size: int) -> Iterable[tuple[int, list[Any]]]:

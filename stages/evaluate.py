@@ -50,11 +50,13 @@ def run(params: Params, round_index: int) -> str:
     )
     ref, prompts, backend = open_policy(params, round_index)
     with open_grader(params) as grader:
-        todo = [(i, c) for i, c in chunked(problems, sample_config.shard_size) if not trace_writer.is_done(i)]
+        all_shards = list(chunked(problems, sample_config.shard_size))
+        todo = [(i, c) for i, c in all_shards if not trace_writer.is_done(i)]
         with progress(sum(len(c) for _, c in todo) * sample_config.n, f"eval sample r{round_index}") as update:
             for index, chunk in todo:
                 table = sample_traces(chunk, backend, prompts, sample_config, round_index, ref.label, update, grader)
                 trace_writer.write(index, from_rows(table, TRACES))
+        trace_writer.complete(len(all_shards))
         traces = rows(paths.eval_traces(round_index), TRACES)
         ends = _episode_ends(traces, prompts.tokenizer, params)
         answers = {p["problem_id"]: p["answer"] for p in problems}
@@ -63,12 +65,14 @@ def run(params: Params, round_index: int) -> str:
             {**base, "prover": params.prover.model_dump(mode="json"), "episodes": params.episodes.model_dump(mode="json"),
              "inputs": stable_hash([(t["trace_id"], t["completion_ids"]) for t in traces])},
         )
-        todo = [(i, c) for i, c in chunked(traces, params.prover.shard_size) if not prover_writer.is_done(i)]
+        all_shards = list(chunked(traces, params.prover.shard_size))
+        todo = [(i, c) for i, c in all_shards if not prover_writer.is_done(i)]
         total = sum(len(ends[t["trace_id"]]) + 1 for _, c in todo for t in c) * params.prover.k
         with progress(total, f"eval prove r{round_index}") as update:
             for index, chunk in todo:
                 table = prove_traces(chunk, ends, answers, backend, prompts, params.prover, update, grader)
                 prover_writer.write(index, from_rows(table, PROVER))
+        prover_writer.complete(len(all_shards))
     backend.close()
     prover_rows = rows(paths.eval_prover(round_index), PROVER)
     metrics, curves = summarize(traces, prover_rows, params)

@@ -44,8 +44,10 @@ def run(params: Params, round_index: int) -> str:
     writer = ShardedWriter(paths.prover(round_index), fingerprint_data, {"policy_folder": str(policy)})
     size = params.prover.shard_size
     trace_ids = traces.column("trace_id").to_pylist()
+    n_shards = len(range(0, traces.num_rows, size))
     shards = [(i, start) for i, start in enumerate(range(0, traces.num_rows, size)) if not writer.is_done(i)]
     if not shards:
+        writer.complete(n_shards)
         return f"round {round_index}: all prover shards already complete"
     _, prompts, backend = open_policy(params, round_index)
     total = sum(len(episode_ends.get(t, [])) + 1 for _, start in shards for t in trace_ids[start : start + size]) * params.prover.k
@@ -56,6 +58,7 @@ def run(params: Params, round_index: int) -> str:
                 chunk, episode_ends, answers, backend, prompts, params.prover, on_done=update, grader=grader
             )
             writer.write(index, from_rows(table_rows, PROVER))
+    writer.complete(n_shards)
     stats = backend.stats
     write_json(stats.__dict__, paths.prover(round_index) / "_run_stats.json")
     backend.close()

@@ -23,8 +23,10 @@ def run(params: Params, round_index: int) -> str:
         "problems": stable_hash([(p["problem_id"], p["answer"]) for p in problems]),
     }
     writer = ShardedWriter(paths.traces(round_index), fingerprint_data, {"policy_folder": str(policy)})
-    shards = [(i, chunk) for i, chunk in chunked(problems, params.sample.shard_size) if not writer.is_done(i)]
+    all_shards = list(chunked(problems, params.sample.shard_size))
+    shards = [(i, chunk) for i, chunk in all_shards if not writer.is_done(i)]
     if not shards:
+        writer.complete(len(all_shards))
         return f"round {round_index}: all trace shards already complete"
     ref, prompts, backend = open_policy(params, round_index)
     total = sum(len(chunk) for _, chunk in shards) * params.sample.n
@@ -34,5 +36,6 @@ def run(params: Params, round_index: int) -> str:
                 chunk, backend, prompts, params.sample, round_index, ref.label, on_done=update, grader=grader
             )
             writer.write(index, from_rows(table_rows, TRACES))
+    writer.complete(len(all_shards))
     backend.close()
     return f"round {round_index}: sampled {total} traces in {len(shards)} shard(s)"
