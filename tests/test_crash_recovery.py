@@ -126,14 +126,20 @@ def alive(pid: int) -> bool:
         return False
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Launch:
     """One `mrt` process in its own session, so that a Ctrl-C can reach its whole process group."""
 
     def __init__(self, workdir: Path, *args: str):
         self.workdir, self.args = workdir, args
         self.stdout, self.stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        # A shell starts background jobs with SIGINT ignored, and children inherit that (Python then
+        # installs no KeyboardInterrupt handler): give the stage the default, as in a terminal.
         self.process = subprocess.Popen(["mrt", *args], cwd=workdir, env=ENV, stdout=self.stdout, stderr=self.stderr,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=_default_sigint)
         self.workers: set[int] = set()
         _LAUNCHED.append(self)
 
