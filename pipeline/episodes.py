@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 
 from pipeline.config import EpisodesConfig
-from pipeline.tokens import token_at_or_before
+from pipeline.tokens import decode, token_at_or_before, token_char_starts
 
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 
@@ -109,3 +109,8 @@ def split_episodes(text: str, char_starts: list[int], config: EpisodesConfig) ->
         end = cuts[index + 1][0] if index + 1 < len(cuts) else n_tokens
         episodes.append(Episode(start, end, char_starts[start], char_starts[end], marker))
     return _group(episodes, config.group_size), rule
+
+
+def split_token_ids(tokenizer, ids: list[int], config: EpisodesConfig) -> tuple[list[Episode], str]:
+    """Episodes of a thinking block given as token ids: found in its text, cut at token offsets."""
+    return split_episodes(decode(tokenizer, ids), token_char_starts(tokenizer, ids), config)

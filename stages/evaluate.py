@@ -11,7 +11,7 @@ from __future__ import annotations
 from statistics import fmean
 
 from pipeline.config import Params
-from pipeline.episodes import split_episodes
+from pipeline.episodes import split_token_ids
 from pipeline.evaluation import budget_curve, sample_metrics
 from pipeline.io import ShardedWriter, chunked, stable_hash, write_json
 from pipeline.models import fingerprint, load_tokenizer
@@ -19,17 +19,14 @@ from pipeline.prover import prove_traces, thinking_ids
 from pipeline.regret import episode_progress, trace_regret
 from pipeline.sampling import sample_traces
 from pipeline.tables import PROVER, TRACES, from_rows
-from pipeline.tokens import decode, token_char_starts
 from stages.common import layout, open_grader, open_policy, progress, rows
 
 
 def _episode_ends(traces: list[dict], tokenizer, params: Params) -> dict[str, list[int]]:
-    ends = {}
-    for trace in traces:
-        ids = thinking_ids(trace)
-        episodes, _ = split_episodes(decode(tokenizer, ids), token_char_starts(tokenizer, ids), params.episodes)
-        ends[trace["trace_id"]] = [episode.token_end for episode in episodes]
-    return ends
+    return {
+        trace["trace_id"]: [e.token_end for e in split_token_ids(tokenizer, thinking_ids(trace), params.episodes)[0]]
+        for trace in traces
+    }
 
 
 def run(params: Params, round_index: int) -> str:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pipeline.config import Params
-from pipeline.episodes import split_episodes
+from pipeline.episodes import split_token_ids
 from pipeline.io import write_table
 from pipeline.models import load_tokenizer
 from pipeline.prover import thinking_ids
 from pipeline.tables import EPISODES, TRACES, from_rows
-from pipeline.tokens import decode, token_char_starts
 from stages.common import layout, policy_ref, rows
 
 
@@ -18,8 +17,7 @@ def run(params: Params, round_index: int) -> str:
     tokenizer = load_tokenizer(policy_ref(params, round_index))
     out = []
     for trace in traces:
-        ids = thinking_ids(trace)
-        episodes, rule = split_episodes(decode(tokenizer, ids), token_char_starts(tokenizer, ids), params.episodes)
+        episodes, rule = split_token_ids(tokenizer, thinking_ids(trace), params.episodes)
         out.extend(
             {"trace_id": trace["trace_id"], "episode_index": i, "rule": rule, **episode.__dict__}
             for i, episode in enumerate(episodes, start=1)
