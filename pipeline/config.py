@@ -158,6 +158,22 @@ class ProverConfig(Section):
         return self
 
 
+class ExtrapolateConfig(Section):
+    """Budget forcing past the sampling budget: when thinking ends, append `marker` and let the
+    model go on for up to `tokens` more, `times` times; answers are forced after each."""
+
+    times: int = Field(2, ge=0)  # 0: no extrapolation
+    tokens: int | None = Field(None, gt=0)  # per continuation; null: the eval sampling budget
+    marker: str = "Wait"
+
+    @field_validator("marker")
+    @classmethod
+    def _non_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the continuation marker must be non-empty text")
+        return value
+
+
 class EvalConfig(Section):
     """Held-out evaluation of each round's policy on the eval split (`mrt evaluate`)."""
 
@@ -166,6 +182,7 @@ class EvalConfig(Section):
     max_tokens: int | None = Field(None, gt=0)  # null: sample.max_tokens
     seed: int = 2
     budget_points: int = Field(8, gt=1)  # points of the accuracy-vs-tokens curve
+    extrapolate: ExtrapolateConfig = Field(default_factory=ExtrapolateConfig)
 
     @field_validator("k_values")
     @classmethod
@@ -200,8 +217,12 @@ class RegretConfig(Section):
         return value
 
 
+ArmName = Literal["mrt", "star"]
+
+
 class SelectConfig(Section):
-    method: Literal["mrt", "star"] = "mrt"
+    """How an arm picks SFT targets. The arm decides the rule: `mrt` (MRT-STaR) or `star` (outcome only)."""
+
     per_problem: int = Field(1, gt=0)
     keep_forced_stop_text: bool = False
     min_gain: float | None = None
@@ -228,6 +249,7 @@ class Params(Section):
 
     data_dir: str = "data"
     metrics_dir: str = "metrics"
+    arms: list[ArmName] = Field(default_factory=lambda: ["mrt", "star"])  # compared from the same base samples
     model: ModelConfig = Field(default_factory=ModelConfig)
     problems: ProblemsConfig = Field(default_factory=ProblemsConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
@@ -239,6 +261,19 @@ class Params(Section):
     regret: RegretConfig = Field(default_factory=RegretConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("arms")
+    @classmethod
+    def _distinct_arms(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("arms must be a non-empty list without repeats, e.g. [mrt, star]")
+        return value
+
+    def check_arm(self, arm: str) -> str:
+        """The arm a command runs for; an arm the parameters do not list is an error naming `arms`."""
+        if arm not in self.arms:
+            raise ConfigError(f"arm {arm!r} is not listed in arms: {self.arms} (add it to `arms` in the parameters file)")
+        return arm
 
 
 def _format_errors(error: ValidationError, source: str) -> str:

@@ -14,6 +14,9 @@ import math
 from collections import Counter, defaultdict
 from statistics import fmean
 
+from pipeline.config import Params
+from pipeline.regret import episode_progress, trace_regret
+
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples with c correct (Chen et al., 2021)."""
@@ -71,3 +74,36 @@ def sample_metrics(traces: list[dict], k_values: list[int]) -> dict:
     metrics["tokens_per_correct"] = round(sum(t["n_tokens"] for t in traces) / len(correct), 3) if correct else None
     metrics["unparsed_rate"] = round(fmean(float(t["grade"] == "unparsed") for t in traces), 6)
     return metrics
+
+
+def summarize(traces: list[dict], prover_rows: list[dict], params: Params) -> tuple[dict, dict[str, list[dict]]]:
+    """Eval metrics and plot data: accuracy and regret against budget, progress per episode."""
+    max_tokens = params.eval.max_tokens or params.sample.max_tokens
+    horizon = max_tokens + params.prover.max_answer_tokens
+    budgets = [horizon * (i + 1) / params.eval.budget_points for i in range(params.eval.budget_points)]
+    regret_budgets = [f * max_tokens for f in params.regret.budget_fractions]
+    by_trace: dict[str, list[dict]] = defaultdict(list)
+    for row in prover_rows:
+        by_trace[row["trace_id"]].append(row)
+    regrets = [trace_regret(p, regret_budgets) for p in by_trace.values()]
+    progress_rows = [row for p in by_trace.values() for row in episode_progress(p)]
+    accuracy = budget_curve(prover_rows, budgets)
+    metrics = sample_metrics(traces, params.eval.k_values)
+    metrics.update({
+        "mean_regret": round(fmean(r["regret"] for r in regrets), 6),
+        "mean_j_direct": round(fmean(r["j_direct"] for r in regrets), 6),
+        "mean_j_final": round(fmean(r["j_final"] for r in regrets), 6),
+        "mean_progress": round(fmean(p["progress"] for p in progress_rows), 6) if progress_rows else None,
+        "accuracy_by_budget": {str(p["budget_tokens"]): p["accuracy"] for p in accuracy},
+    })
+    curves = {
+        "accuracy_by_budget": accuracy,
+        "regret_by_budget": [
+            {"budget_tokens": int(b), "regret": round(fmean(trace_regret(p, [b])["regret"] for p in by_trace.values()), 6)}
+            for b in regret_budgets
+        ],
+        "progress_by_episode": [
+            {"episode_index": p["episode_index"], "progress": round(p["progress"], 6)} for p in progress_rows
+        ],
+    }
+    return metrics, curves

@@ -1,4 +1,10 @@
-"""Where every stage reads and writes: one place, so the CLI, DVC and tests agree."""
+"""Where every stage reads and writes: one place, so the CLI, DVC and tests agree.
+
+Arms (selection rules compared side by side, e.g. MRT-STaR and STaR) share what the base
+model sampled: round 0's traces, episodes and prover estimates live once under
+`rounds/0/`. From there each arm has its own selections and models, and from round 1 on its
+own samples (its policy differs), under `arms/<arm>/rounds/<r>/`.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ class Layout:
 
     root: Path
     reports: Path = Path("metrics")
+    arm: str = "mrt"
 
     @property
     def base_model(self) -> Path:
@@ -28,45 +35,56 @@ class Layout:
     def problem_rejects(self) -> Path:
         return self.problems / "rejects.parquet"
 
-    def round_dir(self, round_index: int) -> Path:
-        return self.root / "rounds" / str(round_index)
+    # Samples of round r's policy: shared by every arm in round 0 (the base model).
+    def samples_dir(self, r: int) -> Path:
+        return self.root / "rounds" / "0" if r == 0 else self.arm_dir(r)
 
     def traces(self, r: int) -> Path:
-        return self.round_dir(r) / "traces"
+        return self.samples_dir(r) / "traces"
 
     def episodes(self, r: int) -> Path:
-        return self.round_dir(r) / "episodes.parquet"
+        return self.samples_dir(r) / "episodes.parquet"
 
     def prover(self, r: int) -> Path:
-        return self.round_dir(r) / "prover"
+        return self.samples_dir(r) / "prover"
 
     def progress(self, r: int) -> Path:
-        return self.round_dir(r) / "progress.parquet"
+        return self.samples_dir(r) / "progress.parquet"
 
     def regret(self, r: int) -> Path:
-        return self.round_dir(r) / "regret.parquet"
+        return self.samples_dir(r) / "regret.parquet"
+
+    # What the arm makes of round r's samples.
+    def arm_dir(self, r: int) -> Path:
+        return self.root / "arms" / self.arm / "rounds" / str(r)
 
     def selected(self, r: int) -> Path:
-        return self.round_dir(r) / "selected.parquet"
-
-    def metrics(self, r: int) -> Path:
-        return self.reports / "rounds" / str(r) / "metrics.json"
-
-    def train_metrics(self, r: int) -> Path:
-        return self.reports / "rounds" / str(r) / "train.json"
-
-    def plots(self, r: int) -> Path:
-        return self.reports / "rounds" / str(r) / "plots"
+        return self.arm_dir(r) / "selected.parquet"
 
     def model(self, r: int) -> Path:
-        return self.round_dir(r) / "model"
+        return self.arm_dir(r) / "model"
 
     def exports(self, r: int) -> Path:
-        return self.round_dir(r) / "export"
+        return self.arm_dir(r) / "export"
+
+    def arm_reports(self, r: int) -> Path:
+        return self.reports / "arms" / self.arm / "rounds" / str(r)
+
+    def metrics(self, r: int) -> Path:
+        return self.arm_reports(r) / "metrics.json"
+
+    def train_metrics(self, r: int) -> Path:
+        return self.arm_reports(r) / "train.json"
+
+    def plots(self, r: int) -> Path:
+        return self.arm_reports(r) / "plots"
+
+    # Held-out evaluation of the policy after r rounds (r = 0: the base model, shared).
+    def _eval_key(self, r: int) -> str:
+        return "base" if r == 0 else f"{self.arm}/{r}"
 
     def eval_dir(self, r: int) -> Path:
-        """Evaluation of round r's policy (r = 0: the base model; r: after r rounds of SFT)."""
-        return self.root / "eval" / str(r)
+        return self.root / "eval" / self._eval_key(r)
 
     def eval_traces(self, r: int) -> Path:
         return self.eval_dir(r) / "traces"
@@ -74,9 +92,12 @@ class Layout:
     def eval_prover(self, r: int) -> Path:
         return self.eval_dir(r) / "prover"
 
+    def eval_extrapolation(self, r: int) -> Path:
+        return self.eval_dir(r) / "extrapolation"
+
     def eval_reports(self, r: int) -> Path:
-        return self.reports / "eval" / str(r)
+        return self.reports / "eval" / self._eval_key(r)
 
     def policy(self, r: int) -> Path:
-        """The model that samples round r: the base model in round 0, else round r-1's SFT model."""
+        """The model that samples round r: the base model in round 0, else the arm's round r-1 model."""
         return self.base_model if r == 0 else self.model(r - 1)

@@ -1,7 +1,8 @@
 """A short Markdown report of a run, with PNG plots: what `mrt report` writes.
 
 It reads only the small JSON metrics and plot files under the metrics folder, so it can be
-rerun at any time (and on another machine) without the data folder.
+rerun at any time (and on another machine) without the data folder. Arms are compared side
+by side: one row (and one curve) per round and arm.
 """
 
 from __future__ import annotations
@@ -19,12 +20,20 @@ def _load(path: Path):
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _indices(folder: Path) -> list[int]:
+def _numbered(folder: Path) -> list[int]:
     return sorted(int(p.name) for p in folder.glob("*") if p.is_dir() and p.name.isdigit()) if folder.exists() else []
 
 
-def _label(index: int) -> str:
-    return "base model" if index == 0 else f"after round {index - 1}"
+def _arms(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*") if p.is_dir() and p.name != "base") if folder.exists() else []
+
+
+def eval_policies(eval_dir: Path) -> list[tuple[str, Path]]:
+    """(label, folder) of every evaluated policy: the base model, then each arm's rounds."""
+    policies = [("base model", eval_dir / "base")] if (eval_dir / "base").is_dir() else []
+    for arm in _arms(eval_dir):
+        policies += [(f"{arm} after {r} round{'s' if r > 1 else ''}", eval_dir / arm / str(r)) for r in _numbered(eval_dir / arm)]
+    return policies
 
 
 def _fmt(value) -> str:
@@ -40,60 +49,71 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 
 def _plot(series: dict[str, list[dict]], x: str, y: str, title: str, out: Path, scatter: bool = False) -> None:
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure, axes = plt.subplots(figsize=(6.5, 4.2))
     for name, points in series.items():
         xs, ys = [p[x] for p in points], [p[y] for p in points]
         if scatter:
             axes.scatter(xs, ys, label=name, alpha=0.5, s=12)
         else:
-            axes.plot(xs, ys, marker="o", label=name)
+            axes.plot(xs, ys, marker="o", label=name, linestyle="--" if name.startswith("star") else "-")
     axes.set_xlabel(x.replace("_", " "))
     axes.set_ylabel(y.replace("_", " "))
     axes.set_title(title)
     axes.grid(alpha=0.3)
     if series:
-        axes.legend()
+        axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(out, dpi=120)
     plt.close(figure)
+
+
+def _round_rows(arms_dir: Path) -> list[list]:
+    rows = []
+    for arm in _arms(arms_dir):
+        for r in _numbered(arms_dir / arm / "rounds"):
+            m = _load(arms_dir / arm / "rounds" / str(r) / "metrics.json")
+            t = _load(arms_dir / arm / "rounds" / str(r) / "train.json") or {}
+            if m:
+                rows.append([arm, r, m.get("traces_sampled"), m.get("accuracy"), m.get("closed_thinking_rate"),
+                             m.get("mean_tokens"), m.get("mean_regret"), m.get("mean_progress"), m.get("traces_kept"),
+                             m.get("mean_kept_completion_tokens"), t.get("train_loss")])
+    return rows
 
 
 def write_report(metrics_dir: Path, out_dir: Path) -> Path:
     """Write `report.md` and its PNG plots into `out_dir`; returns the Markdown path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     sections = ["# MRT-STaR run report", ""]
-    rounds_dir, eval_dir = metrics_dir / "rounds", metrics_dir / "eval"
-    round_rows = []
-    for r in _indices(rounds_dir):
-        m = _load(rounds_dir / str(r) / "metrics.json")
-        if m:
-            round_rows.append([r, m.get("method"), m.get("traces_sampled"), m.get("accuracy"), m.get("closed_thinking_rate"),
-                               m.get("mean_tokens"), m.get("mean_regret"), m.get("mean_progress"), m.get("traces_kept")])
+    round_rows = _round_rows(metrics_dir / "arms")
     if round_rows:
-        sections += ["## Training rounds (training problems, sampled by the round's policy)", "", _table(
-            ["round", "selection", "traces", "accuracy", "closed </think>", "mean tokens", "mean regret", "mean progress", "kept"],
-            round_rows), ""]
-    eval_rows, accuracy, regret, progress = [], {}, {}, {}
-    for index in _indices(eval_dir):
-        folder = eval_dir / str(index)
+        sections += ["## Training rounds per arm (training problems, sampled by the arm's policy; round 0 is shared)", "",
+                     _table(["arm", "round", "traces", "accuracy", "closed </think>", "mean tokens", "mean regret",
+                             "mean progress", "kept", "kept tokens", "SFT loss"], round_rows), ""]
+    eval_rows, curves = [], {"accuracy": {}, "regret": {}, "progress": {}, "extrapolation": {}}
+    ks: list[int] = []
+    for label, folder in eval_policies(metrics_dir / "eval"):
         m = _load(folder / "metrics.json")
         if not m:
             continue
         ks = sorted(int(key.split("@")[1]) for key in m if key.startswith("pass@"))
-        eval_rows.append([_label(index), m["problems"], *(m.get(f"pass@{k}") for k in ks), *(m.get(f"maj@{k}") for k in ks),
-                          m.get("mean_tokens"), m.get("tokens_per_correct"), m.get("mean_regret"), m.get("mean_progress")])
-        accuracy[_label(index)] = _load(folder / "accuracy_by_budget.json") or []
-        regret[_label(index)] = _load(folder / "regret_by_budget.json") or []
-        progress[_label(index)] = _load(folder / "progress_by_episode.json") or []
+        extra = [p["accuracy"] for p in (_load(folder / "extrapolation.json") or [])]
+        eval_rows.append([label, m["problems"], *(m.get(f"pass@{k}") for k in ks), *(m.get(f"maj@{k}") for k in ks),
+                          m.get("mean_tokens"), m.get("tokens_per_correct"), m.get("mean_regret"), m.get("mean_progress"),
+                          " → ".join(f"{a:.2f}" for a in extra) or None])
+        for curve, name in (("accuracy", "accuracy_by_budget"), ("regret", "regret_by_budget"),
+                            ("progress", "progress_by_episode"), ("extrapolation", "extrapolation")):
+            curves[curve][label] = _load(folder / f"{name}.json") or []
     if eval_rows:
         header = ["policy", "problems", *(f"pass@{k}" for k in ks), *(f"maj@{k}" for k in ks),
-                  "mean tokens", "tokens per correct", "mean regret", "mean progress"]
+                  "mean tokens", "tokens per correct", "mean regret", "mean progress", "J after 0, 1, .. extensions"]
         sections += ["## Held-out evaluation (eval split)", "", _table(header, eval_rows), ""]
-        _plot(accuracy, "budget_tokens", "accuracy", "Eval accuracy against token budget", out_dir / "accuracy_vs_tokens.png")
-        _plot(regret, "budget_tokens", "regret", "Eval normalized regret against budget C0", out_dir / "regret_vs_budget.png")
-        _plot(progress, "episode_index", "progress", "Eval progress per episode", out_dir / "progress_by_episode.png", scatter=True)
-        sections += ["![accuracy against tokens](accuracy_vs_tokens.png)", "", "![regret against budget](regret_vs_budget.png)",
-                     "", "![progress per episode](progress_by_episode.png)", ""]
+        _plot(curves["accuracy"], "budget_tokens", "accuracy", "Eval accuracy against token budget", out_dir / "accuracy_vs_tokens.png")
+        _plot(curves["extrapolation"], "mean_tokens", "accuracy", "Accuracy past the sampling budget (\"Wait\" forcing)",
+              out_dir / "extrapolation.png")
+        _plot(curves["regret"], "budget_tokens", "regret", "Eval normalized regret against budget C0", out_dir / "regret_vs_budget.png")
+        _plot(curves["progress"], "episode_index", "progress", "Eval progress per episode", out_dir / "progress_by_episode.png", scatter=True)
+        sections += ["![accuracy against tokens](accuracy_vs_tokens.png)", "", "![extrapolation](extrapolation.png)", "",
+                     "![regret against budget](regret_vs_budget.png)", "", "![progress per episode](progress_by_episode.png)", ""]
     if len(sections) == 2:
         sections.append("No metrics found: run `dvc repro` (or the stages) first.")
     report = out_dir / "report.md"

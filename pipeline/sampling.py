@@ -13,19 +13,26 @@ from pipeline.config import SampleConfig
 from pipeline.grading import Grader, answer_part, default_grader
 from pipeline.io import stable_hash
 from pipeline.templates import THINK_CLOSE, PromptBuilder
-from pipeline.tokens import token_at_or_before, token_char_starts
+from pipeline.tokens import decode, token_at_or_before, token_char_starts
 
 
 def request_seed(seed: int, round_index: int, key: str) -> int:
     return int(stable_hash({"seed": seed, "round": round_index, "key": key}), 16) % (2**31)
 
 
-def thinking_end(tokenizer, completion: Completion) -> int:
-    """Token offset where `</think>` starts in the completion, or -1 when it never closes."""
-    char = completion.text.find(THINK_CLOSE)
+def close_offset(tokenizer, ids: list[int]) -> int:
+    """Token offset where `</think>` starts in `ids`, or -1 when thinking never closes.
+
+    Found in the decoded ids (not an engine's text, which a stop string may have cut)."""
+    char = decode(tokenizer, ids).find(THINK_CLOSE)
     if char < 0:
         return -1
-    return token_at_or_before(token_char_starts(tokenizer, completion.token_ids), char)
+    return token_at_or_before(token_char_starts(tokenizer, ids), char)
+
+
+def thinking_end(tokenizer, completion: Completion) -> int:
+    """Token offset where `</think>` starts in the completion, or -1 when it never closes."""
+    return close_offset(tokenizer, completion.token_ids)
 
 
 def sample_traces(

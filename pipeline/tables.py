@@ -108,6 +108,22 @@ REGRET = pa.schema(
     ]
 )
 
+EXTRAPOLATION = pa.schema(
+    [
+        ("trace_id", pa.string()),
+        ("problem_id", pa.string()),
+        ("extension", pa.int32()),  # continuations appended after the trace's own thinking (>= 1)
+        ("thinking_tokens", pa.int32()),  # thinking so far: the trace's own plus every continuation
+        ("added_tokens", pa.int32()),  # tokens this continuation added (marker included)
+        ("closed", pa.bool_()),  # the model ended this continuation itself (closed thinking or EOS)
+        ("n_samples", pa.int32()),
+        ("n_correct", pa.int32()),
+        ("n_unparsed", pa.int32()),
+        ("j_hat", pa.float64()),  # forced-answer accuracy after this continuation
+        ("mean_answer_tokens", pa.float64()),
+    ]
+)
+
 SELECTED = pa.schema(
     [
         ("trace_id", pa.string()),

@@ -25,6 +25,10 @@ ParamsOption = typer.Option(None, "--params", "-p", help="Parameters file (defau
 DEFAULT_PARAMS = Path("params.yaml")
 SetOption = typer.Option(None, "--set", "-s", help="Override a parameter, e.g. --set sample.n=4 (repeatable).")
 RoundOption = typer.Option(0, "--round", "-r", min=0, help="Round index: round r samples with round r-1's model.")
+ArmOption = typer.Option(
+    None, "--arm", "-a", help="Arm (selection rule) whose models and data to use: mrt or star; default: the first in `arms`. "
+    "Round 0 samples the base model once for all arms.",
+)
 
 _EXPECTED_ERRORS = (ConfigError, ModelNotFoundError, ProblemSourceError, FileNotFoundError, ValueError)
 
@@ -70,11 +74,13 @@ def prepare_all(params: Path = ParamsOption, set_: list[str] = SetOption) -> Non
 
 
 def _round_command(name: str, module: str, doc: str) -> None:
-    def command(round_index: int = RoundOption, params: Path = ParamsOption, set_: list[str] = SetOption) -> None:
+    def command(
+        round_index: int = RoundOption, arm: str = ArmOption, params: Path = ParamsOption, set_: list[str] = SetOption
+    ) -> None:
         import importlib
 
         stage = importlib.import_module(f"stages.{module}")
-        _run(params, set_, lambda p: stage.run(p, round_index))
+        _run(params, set_, lambda p: stage.run(p, round_index, arm))
 
     command.__doc__ = doc
     app.command(name)(command)
@@ -84,10 +90,10 @@ _round_command("sample", "sample", "Sample traces for the training problems with
 _round_command("split", "split", "Split every trace's thinking block into episodes (marker, regex or token-window rule).")
 _round_command("prove", "prove", "Meta-prover: force an answer K times after every episode prefix; estimates J(j). Sharded, resumable.")
 _round_command("score", "score", "Progress per episode (J(j) - J(j-1)) and normalized cumulative regret per trace.")
-_round_command("select", "select", "Select SFT targets: MRT-STaR (truncate at the best prefix) or STaR; writes round metrics.")
+_round_command("select", "select", "Select the arm's SFT targets: MRT-STaR (truncate at the best prefix) or STaR; writes round metrics.")
 _round_command("train", "train", "Supervised fine-tuning with trl on the selected targets (loss on the completion only).")
 _round_command("export", "export", "Export selected targets as Parquet: trl prompt/completion and messages formats.")
-_round_command("evaluate", "evaluate", "Evaluate round r's policy (0: base model) on the eval split: pass@k, maj@k, tokens, accuracy vs budget.")
+_round_command("evaluate", "evaluate", "Evaluate the arm's policy after r rounds (0: base model) on the eval split: pass@k, maj@k, tokens, accuracy vs budget, extrapolation.")
 
 
 @app.command("grade")

@@ -1,113 +1,98 @@
-"""Stage `evaluate`: round r's policy on the held-out eval split.
+"""Stage `evaluate`: an arm's policy after r rounds (r = 0: the base model) on the eval split.
 
 Samples `eval.n` traces per eval problem, splits them into episodes, runs the meta-prover
-on every prefix (forced termination at each episode boundary), and writes pass@k, maj@k,
-token use, regret and progress, plus the accuracy-vs-token-budget curve (DVC plots).
-Traces and prover rows are written in resumable shards like the training stages.
+on every prefix (forced termination at each episode boundary), extends every trace past
+the sampling budget by budget forcing (`eval.extrapolate`), and writes pass@k, maj@k, token
+use, regret, progress and the accuracy-vs-tokens curves (DVC metrics and plots). Traces,
+prover rows and extensions are written in resumable shards like the training stages.
 """
 
 from __future__ import annotations
 
-from statistics import fmean
+from functools import cache
 
 from pipeline.config import Params
 from pipeline.episodes import split_token_ids
-from pipeline.evaluation import budget_curve, sample_metrics
-from pipeline.io import ShardedWriter, chunked, stable_hash, write_json
-from pipeline.models import fingerprint, load_tokenizer
+from pipeline.evaluation import summarize
+from pipeline.extrapolation import extrapolate_traces, extrapolation_curve
+from pipeline.io import ShardedWriter, stable_hash, write_json
+from pipeline.models import fingerprint
 from pipeline.prover import prove_traces, thinking_ids
-from pipeline.regret import episode_progress, trace_regret
 from pipeline.sampling import sample_traces
-from pipeline.tables import PROVER, TRACES, from_rows
-from stages.common import layout, open_grader, open_policy, progress, rows
+from pipeline.tables import EXTRAPOLATION, PROVER, TRACES
+from stages.common import layout, open_grader, open_policy, policy_prompts, rows, write_missing_shards
 
 
-def _episode_ends(traces: list[dict], tokenizer, params: Params) -> dict[str, list[int]]:
-    return {
-        trace["trace_id"]: [e.token_end for e in split_token_ids(tokenizer, thinking_ids(trace), params.episodes)[0]]
-        for trace in traces
-    }
-
-
-def run(params: Params, round_index: int) -> str:
-    paths = layout(params)
+def run(params: Params, round_index: int, arm: str | None = None) -> str:
+    paths = layout(params, arm)
     problems = rows(paths.problems_split("eval"))
     if not problems:
         raise ValueError("evaluate: the eval split is empty; set problems.eval_size > 0")
+    answers = {p["problem_id"]: p["answer"] for p in problems}
     sample_config = params.sample.model_copy(
         update={"n": params.eval.n, "seed": params.eval.seed, "max_tokens": params.eval.max_tokens or params.sample.max_tokens}
     )
     policy = paths.policy(round_index)
     base = {"round": round_index, "model": params.model.model_dump(mode="json"), "policy": fingerprint(policy),
             "grading": params.grading.model_dump(mode="json", exclude={"workers", "cache_size"})}
-    trace_writer = ShardedWriter(
-        paths.eval_traces(round_index),
-        {**base, "sample": sample_config.model_dump(mode="json"),
-         "problems": stable_hash([(p["problem_id"], p["answer"]) for p in problems])},
-    )
-    ref, prompts, backend = open_policy(params, round_index)
+    name = paths.eval_dir(round_index).relative_to(paths.root / "eval")
+
+    @cache
+    def engine():  # the model is loaded only if some shard is missing
+        return open_policy(params, round_index, arm)
+
     with open_grader(params) as grader:
-        all_shards = list(chunked(problems, sample_config.shard_size))
-        todo = [(i, c) for i, c in all_shards if not trace_writer.is_done(i)]
-        with progress(sum(len(c) for _, c in todo) * sample_config.n, f"eval sample r{round_index}") as update:
-            for index, chunk in todo:
-                table = sample_traces(chunk, backend, prompts, sample_config, round_index, ref.label, update, grader)
-                trace_writer.write(index, from_rows(table, TRACES))
-        trace_writer.complete(len(all_shards))
-        traces = rows(paths.eval_traces(round_index), TRACES)
-        ends = _episode_ends(traces, prompts.tokenizer, params)
-        answers = {p["problem_id"]: p["answer"] for p in problems}
-        prover_writer = ShardedWriter(
-            paths.eval_prover(round_index),
-            {**base, "prover": params.prover.model_dump(mode="json"), "episodes": params.episodes.model_dump(mode="json"),
-             "inputs": stable_hash([(t["trace_id"], t["completion_ids"]) for t in traces])},
+        def sample(chunk, update):
+            ref, prompts, backend = engine()
+            return sample_traces(chunk, backend, prompts, sample_config, round_index, ref.label, update, grader)
+
+        write_missing_shards(
+            ShardedWriter(paths.eval_traces(round_index), {**base, "sample": sample_config.model_dump(mode="json"),
+                          "problems": stable_hash([(p["problem_id"], p["answer"]) for p in problems])}),
+            problems, sample_config.shard_size, TRACES, sample, lambda c: len(c) * sample_config.n,
+            f"eval sample {name}", engine,
         )
-        all_shards = list(chunked(traces, params.prover.shard_size))
-        todo = [(i, c) for i, c in all_shards if not prover_writer.is_done(i)]
-        total = sum(len(ends[t["trace_id"]]) + 1 for _, c in todo for t in c) * params.prover.k
-        with progress(total, f"eval prove r{round_index}") as update:
-            for index, chunk in todo:
-                table = prove_traces(chunk, ends, answers, backend, prompts, params.prover, update, grader)
-                prover_writer.write(index, from_rows(table, PROVER))
-        prover_writer.complete(len(all_shards))
-    backend.close()
+        traces = rows(paths.eval_traces(round_index), TRACES)
+        inputs = stable_hash([(t["trace_id"], t["completion_ids"]) for t in traces])
+        tokenizer = policy_prompts(params, round_index, arm).tokenizer
+        ends = {t["trace_id"]: [e.token_end for e in split_token_ids(tokenizer, thinking_ids(t), params.episodes)[0]]
+                for t in traces}
+
+        def prove(chunk, update):
+            _, prompts, backend = engine()
+            return prove_traces(chunk, ends, answers, backend, prompts, params.prover, update, grader)
+
+        write_missing_shards(
+            ShardedWriter(paths.eval_prover(round_index), {**base, "prover": params.prover.model_dump(mode="json"),
+                          "episodes": params.episodes.model_dump(mode="json"), "inputs": inputs}),
+            traces, params.prover.shard_size, PROVER, prove,
+            lambda c: sum(len(ends.get(t["trace_id"], [])) + 1 for t in c) * params.prover.k,
+            f"eval prove {name}", engine,
+        )
+
+        def extend(chunk, update):
+            _, prompts, backend = engine()
+            return extrapolate_traces(chunk, answers, backend, prompts, params.eval.extrapolate, sample_config,
+                                      params.prover, grader, update)
+
+        write_missing_shards(
+            ShardedWriter(paths.eval_extrapolation(round_index), {
+                **base, "extrapolate": params.eval.extrapolate.model_dump(mode="json"), "inputs": inputs,
+                "sample": sample_config.model_dump(mode="json"), "prover": params.prover.model_dump(mode="json")}),
+            traces if params.eval.extrapolate.times else [], params.prover.shard_size, EXTRAPOLATION, extend,
+            lambda c: len(c) * params.eval.extrapolate.times * (1 + params.prover.k), f"eval extrapolate {name}", engine,
+        )
+    if engine.cache_info().currsize:
+        engine()[2].close()
     prover_rows = rows(paths.eval_prover(round_index), PROVER)
+    extension_rows = rows(paths.eval_extrapolation(round_index), EXTRAPOLATION)
     metrics, curves = summarize(traces, prover_rows, params)
+    curves["extrapolation"] = extrapolation_curve(prover_rows, extension_rows)
+    metrics["extrapolation"] = {str(p["extensions"]): p for p in curves["extrapolation"]}
     reports = paths.eval_reports(round_index)
-    write_json({"round": round_index, "policy": str(policy), **metrics}, reports / "metrics.json")
-    for name, points in curves.items():
-        write_json(points, reports / f"{name}.json")
-    return (f"eval r{round_index}: pass@1 {metrics['pass@1']:.3f} on {metrics['problems']} problems, "
+    write_json({"round": round_index, "arm": paths.arm if round_index else None, "policy": str(policy), **metrics},
+               reports / "metrics.json")
+    for curve, points in curves.items():
+        write_json(points, reports / f"{curve}.json")
+    return (f"eval {name}: pass@1 {metrics['pass@1']:.3f} on {metrics['problems']} problems, "
             f"mean {metrics['mean_tokens']:.0f} tokens, regret {metrics['mean_regret']:.3f}")
-
-
-def summarize(traces: list[dict], prover_rows: list[dict], params: Params) -> tuple[dict, dict[str, list[dict]]]:
-    """Round metrics and the plot data (accuracy and regret against budget, progress per episode)."""
-    max_tokens = params.eval.max_tokens or params.sample.max_tokens
-    horizon = max_tokens + params.prover.max_answer_tokens
-    budgets = [horizon * (i + 1) / params.eval.budget_points for i in range(params.eval.budget_points)]
-    regret_budgets = [f * max_tokens for f in params.regret.budget_fractions]
-    by_trace: dict[str, list[dict]] = {}
-    for row in prover_rows:
-        by_trace.setdefault(row["trace_id"], []).append(row)
-    regrets = [trace_regret(p, regret_budgets) for p in by_trace.values()]
-    progress_rows = [row for p in by_trace.values() for row in episode_progress(p)]
-    metrics = sample_metrics(traces, params.eval.k_values)
-    metrics.update({
-        "mean_regret": round(fmean(r["regret"] for r in regrets), 6),
-        "mean_j_direct": round(fmean(r["j_direct"] for r in regrets), 6),
-        "mean_j_final": round(fmean(r["j_final"] for r in regrets), 6),
-        "mean_progress": round(fmean(p["progress"] for p in progress_rows), 6) if progress_rows else None,
-        "accuracy_by_budget": {str(p["budget_tokens"]): p["accuracy"] for p in budget_curve(prover_rows, budgets)},
-    })
-    curves = {
-        "accuracy_by_budget": budget_curve(prover_rows, budgets),
-        "regret_by_budget": [
-            {"budget_tokens": int(b), "regret": round(fmean(trace_regret(p, [b])["regret"] for p in by_trace.values()), 6)}
-            for b in regret_budgets
-        ],
-        "progress_by_episode": [
-            {"episode_index": p["episode_index"], "progress": round(p["progress"], 6)} for p in progress_rows
-        ],
-    }
-    return metrics, curves

@@ -9,10 +9,10 @@ from pipeline.tables import SELECTED
 from stages.common import layout, policy_prompts, rows
 
 
-def run(params: Params, round_index: int) -> str:
-    paths = layout(params)
+def run(params: Params, round_index: int, arm: str | None = None) -> str:
+    paths = layout(params, arm)
     selected = read_table(paths.selected(round_index), SELECTED)
-    prompts = policy_prompts(params, round_index)
+    prompts = policy_prompts(params, round_index, arm)
     problems = {p["problem_id"]: p["problem"] for p in rows(paths.problems_split("train"))}
     messages = {pid: prompts.messages(problems[pid]) for pid in set(selected.column("problem_id").to_pylist())}
     out = paths.exports(round_index)

@@ -25,8 +25,8 @@ def _inputs_hash(traces: pa.Table, episode_ends: dict[str, list[int]]) -> str:
     return digest.hexdigest()[:16]
 
 
-def run(params: Params, round_index: int) -> str:
-    paths = layout(params)
+def run(params: Params, round_index: int, arm: str | None = None) -> str:
+    paths = layout(params, arm)
     traces = read_table(paths.traces(round_index), TRACES)  # Arrow; shards become Python rows one at a time
     episode_ends: dict[str, list[int]] = defaultdict(list)
     for episode in sorted(rows(paths.episodes(round_index), EPISODES), key=lambda e: e["episode_index"]):
@@ -49,9 +49,10 @@ def run(params: Params, round_index: int) -> str:
     if not shards:
         writer.complete(n_shards)
         return f"round {round_index}: all prover shards already complete"
-    _, prompts, backend = open_policy(params, round_index)
+    _, prompts, backend = open_policy(params, round_index, arm)
     total = sum(len(episode_ends.get(t, [])) + 1 for _, start in shards for t in trace_ids[start : start + size]) * params.prover.k
-    with progress(total, f"prove r{round_index}") as update, open_grader(params) as grader:
+    name = f"r{round_index}" if round_index == 0 else f"{paths.arm} r{round_index}"
+    with progress(total, f"prove {name}") as update, open_grader(params) as grader:
         for index, start in shards:
             chunk = traces.slice(start, size).to_pylist()
             table_rows = prove_traces(

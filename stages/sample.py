@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from pipeline.config import Params
-from pipeline.io import ShardedWriter, chunked, stable_hash
+from pipeline.io import ShardedWriter, stable_hash
 from pipeline.models import fingerprint
 from pipeline.sampling import sample_traces
-from pipeline.tables import TRACES, from_rows
-from stages.common import layout, open_grader, open_policy, progress, rows
+from pipeline.tables import TRACES
+from stages.common import layout, open_grader, open_policy, rows, write_missing_shards
 
 
-def run(params: Params, round_index: int) -> str:
-    paths = layout(params)
+def run(params: Params, round_index: int, arm: str | None = None) -> str:
+    paths = layout(params, arm)
     problems = rows(paths.problems_split("train"))
     policy = paths.policy(round_index)
     fingerprint_data = {
@@ -23,19 +25,20 @@ def run(params: Params, round_index: int) -> str:
         "problems": stable_hash([(p["problem_id"], p["answer"]) for p in problems]),
     }
     writer = ShardedWriter(paths.traces(round_index), fingerprint_data, {"policy_folder": str(policy)})
-    all_shards = list(chunked(problems, params.sample.shard_size))
-    shards = [(i, chunk) for i, chunk in all_shards if not writer.is_done(i)]
+
+    @cache
+    def engine():  # the model is loaded only if some shard is missing
+        return open_policy(params, round_index, arm)
+
+    with open_grader(params) as grader:
+        def sample(chunk, update):
+            ref, prompts, backend = engine()
+            return sample_traces(chunk, backend, prompts, params.sample, round_index, ref.label, update, grader)
+
+        name = f"r{round_index}" if round_index == 0 else f"{paths.arm} r{round_index}"
+        shards, computed = write_missing_shards(writer, problems, params.sample.shard_size, TRACES, sample,
+                                                lambda chunk: len(chunk) * params.sample.n, f"sample {name}", engine)
     if not shards:
-        writer.complete(len(all_shards))
-        return f"round {round_index}: all trace shards already complete"
-    ref, prompts, backend = open_policy(params, round_index)
-    total = sum(len(chunk) for _, chunk in shards) * params.sample.n
-    with progress(total, f"sample r{round_index}") as update, open_grader(params) as grader:
-        for index, chunk in shards:
-            table_rows = sample_traces(
-                chunk, backend, prompts, params.sample, round_index, ref.label, on_done=update, grader=grader
-            )
-            writer.write(index, from_rows(table_rows, TRACES))
-    writer.complete(len(all_shards))
-    backend.close()
-    return f"round {round_index}: sampled {total} traces in {len(shards)} shard(s)"
+        return f"{paths.traces(round_index)}: all trace shards already complete"
+    engine()[2].close()
+    return f"{paths.traces(round_index)}: sampled {computed * params.sample.n} traces in {shards} shard(s)"

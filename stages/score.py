@@ -11,8 +11,8 @@ from pipeline.tables import PROGRESS, PROVER, REGRET, from_rows
 from stages.common import layout, rows
 
 
-def run(params: Params, round_index: int) -> str:
-    paths = layout(params)
+def run(params: Params, round_index: int, arm: str | None = None) -> str:
+    paths = layout(params, arm)
     by_trace: dict[str, list[dict]] = defaultdict(list)
     for row in rows(paths.prover(round_index), PROVER):
         by_trace[row["trace_id"]].append(row)

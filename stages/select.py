@@ -1,4 +1,4 @@
-"""Stage `select`: SFT targets (MRT-STaR or STaR), round metrics and plot data."""
+"""Stage `select`: an arm's SFT targets (MRT-STaR or STaR), round metrics and plot data."""
 
 from __future__ import annotations
 
@@ -10,21 +10,22 @@ from pipeline.tables import PROGRESS, PROVER, REGRET, SELECTED, TRACES, from_row
 from stages.common import layout, policy_prompts, rows
 
 
-def run(params: Params, round_index: int) -> str:
-    paths = layout(params)
+def run(params: Params, round_index: int, arm: str | None = None) -> str:
+    paths = layout(params, arm)
     traces = rows(paths.traces(round_index), TRACES)
     prover_rows = rows(paths.prover(round_index), PROVER)
     regret_rows = rows(paths.regret(round_index), REGRET)
     regrets = {r["trace_id"]: r for r in regret_rows}
     problems = {p["problem_id"]: p for p in rows(paths.problems_split("train"))}
-    prompts = policy_prompts(params, round_index)
-    if params.select.method == "mrt":
+    prompts = policy_prompts(params, round_index, arm)
+    method = paths.arm  # an arm is named after its selection rule
+    if method == "mrt":
         selected = select_mrt(traces, prover_rows, regrets, problems, prompts, params.select)
     else:
         selected = select_star(traces, regrets, problems, prompts, params.select)
     write_table(from_rows(selected, SELECTED), paths.selected(round_index))
     progress_rows = rows(paths.progress(round_index), PROGRESS)
-    metrics = round_metrics(traces, progress_rows, regret_rows, selected, params.select.method)
-    write_json({"round": round_index, **metrics}, paths.metrics(round_index))
+    metrics = round_metrics(traces, progress_rows, regret_rows, selected, method)
+    write_json({"round": round_index, "arm": paths.arm, **metrics}, paths.metrics(round_index))
     write_json(j_by_prefix(prover_rows), paths.plots(round_index) / "j_by_prefix.json")
-    return f"round {round_index}: kept {len(selected)} of {len(traces)} traces ({params.select.method})"
+    return f"{paths.arm} round {round_index}: kept {len(selected)} of {len(traces)} traces"

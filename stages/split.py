@@ -11,10 +11,10 @@ from pipeline.tables import EPISODES, TRACES, from_rows
 from stages.common import layout, policy_ref, rows
 
 
-def run(params: Params, round_index: int) -> str:
-    paths = layout(params)
+def run(params: Params, round_index: int, arm: str | None = None) -> str:
+    paths = layout(params, arm)
     traces = rows(paths.traces(round_index), TRACES)
-    tokenizer = load_tokenizer(policy_ref(params, round_index))
+    tokenizer = load_tokenizer(policy_ref(params, round_index, arm))
     out = []
     for trace in traces:
         episodes, rule = split_token_ids(tokenizer, thinking_ids(trace), params.episodes)

@@ -10,13 +10,13 @@ from pipeline.training import train_sft
 from stages.common import layout, rows
 
 
-def run(params: Params, round_index: int) -> str:
-    paths = layout(params)
+def run(params: Params, round_index: int, arm: str | None = None) -> str:
+    paths = layout(params, arm)
     start = paths.base_model if params.train.init == "base" else paths.policy(round_index)
     init = resolve(start, params.model.trust_remote_code)
     selected = rows(paths.selected(round_index), SELECTED)
     metrics = train_sft(selected, init, paths.model(round_index), params.train, params.model.dtype)
-    write_json({"round": round_index, "init": str(start), **metrics}, paths.train_metrics(round_index))
+    write_json({"round": round_index, "arm": paths.arm, "init": str(start), **metrics}, paths.train_metrics(round_index))
     if not metrics["trained"]:
         return f"round {round_index}: nothing selected; the round's model is {start} unchanged"
     return f"round {round_index}: trained on {len(selected)} examples -> {paths.model(round_index)}"

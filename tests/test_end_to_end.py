@@ -33,58 +33,97 @@ def write_params(workdir: Path, model_dir: Path) -> None:
     params["model"]["name_or_path"] = str(model_dir)
     params["problems"].update(source="jsonl", path=str(problems), columns={"problem": "question", "answer": "solution"},
                               train_size=6, eval_size=2)
-    params["sample"].update(n=2, max_tokens=24, shard_size=4)
+    params["sample"].update(n=2, max_tokens=32, shard_size=4)
     params["episodes"].update(window_tokens=8)
     params["prover"].update(k=2, max_answer_tokens=12, shard_size=4)
     params["train"].update(epochs=1, batch_size=2, logging_steps=1)
-    params["eval"].update(n=2, k_values=[1, 2], budget_points=4)
+    params["eval"].update(n=2, k_values=[1, 2], budget_points=4, extrapolate={"times": 2, "tokens": 8, "marker": "Wait"})
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
 
 
-def test_two_rounds_with_dvc(tmp_path, tiny_model_dir):
+def test_two_rounds_two_arms_with_dvc(tmp_path, tiny_model_dir):
     shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
     shutil.copytree(REPO / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     write_params(tmp_path, tiny_model_dir)
     run(["dvc", "init", "--no-scm", "-q"], tmp_path)
     log = run(["dvc", "repro"], tmp_path)
-    assert "Running stage 'train@1'" in log
+    assert "Running stage 'train@mrt-1'" in log and "Running stage 'train@star-1'" in log
+    assert log.count("Running stage 'sample@") == 3  # round 0 once for both arms, round 1 per arm
 
-    data = tmp_path / "data"
-    for round_index in (0, 1):
-        round_dir = data / "rounds" / str(round_index)
-        traces = pq.read_table(round_dir / "traces").to_pylist()
-        assert len(traces) == 12 and {t["grade"] for t in traces} <= {"correct", "incorrect", "unparsed"}
-        metrics = json.loads((tmp_path / "metrics" / "rounds" / str(round_index) / "metrics.json").read_text())
-        assert metrics["traces_sampled"] == 12 and metrics["traces_kept"] >= 1
-        prover = pq.read_table(round_dir / "prover").to_pylist()
-        assert {p["trace_id"] for p in prover} == {t["trace_id"] for t in traces}
-        import datasets
+    data, reports = tmp_path / "data", tmp_path / "metrics"
+    base_traces = pq.read_table(data / "rounds" / "0" / "traces").to_pylist()
+    assert len(base_traces) == 12
+    for arm in ("mrt", "star"):
+        for round_index in (0, 1):
+            samples = data / "rounds" / "0" if round_index == 0 else data / "arms" / arm / "rounds" / "1"
+            arm_dir = data / "arms" / arm / "rounds" / str(round_index)
+            traces = pq.read_table(samples / "traces").to_pylist()
+            assert len(traces) == 12 and {t["grade"] for t in traces} <= {"correct", "incorrect", "unparsed"}
+            metrics = json.loads((reports / "arms" / arm / "rounds" / str(round_index) / "metrics.json").read_text())
+            assert metrics["arm"] == arm and metrics["method"] == arm
+            assert metrics["traces_sampled"] == 12
+            # The tiny model answers after a forced stop more often than within 24 tokens: MRT keeps some.
+            assert metrics["traces_kept"] >= (1 if (arm, round_index) == ("mrt", 0) else 0)
+            prover = pq.read_table(samples / "prover").to_pylist()
+            assert {p["trace_id"] for p in prover} == {t["trace_id"] for t in traces}
+            selected = pq.read_table(arm_dir / "selected.parquet").to_pylist()
+            assert {s["method"] for s in selected} <= {arm}
+            import datasets
 
-        export = datasets.load_dataset("parquet", data_files=str(round_dir / "export" / "prompt_completion.parquet"))["train"]
-        assert export.num_rows >= 1 and {"prompt", "completion", "trace_id", "regret"} <= set(export.column_names)
-        messages = datasets.load_dataset("parquet", data_files=str(round_dir / "export" / "messages.parquet"))["train"]
-        assert messages[0]["messages"][-1]["role"] == "assistant"
-        assert json.loads((tmp_path / "metrics" / "rounds" / str(round_index) / "train.json").read_text())["trained"]
-        assert (round_dir / "model" / "model.safetensors").exists()
-    # Round 1 sampled with round 0's fine-tuned model.
-    assert pq.read_table(data / "rounds" / "1" / "traces").column("model")[0].as_py().endswith("rounds/0/model")
+            export = pq.read_table(arm_dir / "export" / "prompt_completion.parquet")
+            assert export.num_rows == len(selected)
+            assert {"prompt", "completion", "trace_id", "regret"} <= set(export.column_names)
+            train = json.loads((reports / "arms" / arm / "rounds" / str(round_index) / "train.json").read_text())
+            assert train["trained"] == bool(selected)
+            assert (arm_dir / "model" / ("model.safetensors" if selected else "model_ref.json")).exists()
+            if selected:
+                messages = datasets.load_dataset("parquet", data_files=str(arm_dir / "export" / "messages.parquet"))["train"]
+                assert messages[0]["messages"][-1]["role"] == "assistant"
+        # Round 1 sampled with this arm's round-0 model, with the same seeds as the other arm.
+        round1 = pq.read_table(data / "arms" / arm / "rounds" / "1" / "traces").to_pylist()
+        assert round1[0]["model"].endswith(f"arms/{arm}/rounds/0/model")
+    seeds = {arm: [t["seed"] for t in pq.read_table(data / "arms" / arm / "rounds" / "1" / "traces").to_pylist()]
+             for arm in ("mrt", "star")}
+    assert seeds["mrt"] == seeds["star"]
 
-    for model_index in (0, 1, 2):  # base model, after round 0, after round 1
-        reports = tmp_path / "metrics" / "eval" / str(model_index)
-        metrics = json.loads((reports / "metrics.json").read_text())
+    for policy in ("base", "mrt/1", "mrt/2", "star/1", "star/2"):
+        folder = reports / "eval" / policy
+        metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["problems"] == 2 and metrics["samples_per_problem"] == 2
         assert 0 <= metrics["pass@1"] <= metrics["pass@2"] <= 1
-        curve = json.loads((reports / "accuracy_by_budget.json").read_text())
-        assert [p["budget_tokens"] for p in curve] == [9, 18, 27, 36]  # (24 + 12) / 4 steps
-    report = (tmp_path / "metrics" / "report" / "report.md").read_text()
-    assert "| after round 1 |" in report and (tmp_path / "metrics" / "report" / "accuracy_vs_tokens.png").stat().st_size > 0
+        curve = json.loads((folder / "accuracy_by_budget.json").read_text())
+        assert [p["budget_tokens"] for p in curve] == [11, 22, 33, 44]  # (32 + 12) / 4 steps
+        extrapolation = json.loads((folder / "extrapolation.json").read_text())
+        assert [p["extensions"] for p in extrapolation] == [0, 1, 2] and all(p["traces"] == 4 for p in extrapolation)
+        assert extrapolation[0]["mean_tokens"] < extrapolation[2]["mean_tokens"]
+        rows = pq.read_table(data / "eval" / policy / "extrapolation").to_pylist()
+        assert len(rows) == 8 and all(r["n_samples"] == 2 for r in rows)
+    report = (reports / "report" / "report.md").read_text()
+    assert "| star after 2 rounds |" in report and "| mrt | 1 |" in report
+    for png in ("accuracy_vs_tokens.png", "extrapolation.png"):
+        assert (reports / "report" / png).stat().st_size > 0
     plots = run(["dvc", "plots", "show", "--json"], tmp_path)
-    assert "accuracy_by_budget" in plots
+    assert "accuracy_by_budget" in plots and "extrapolation" in plots
 
     second = run(["dvc", "repro"], tmp_path)
     assert "Running stage" not in second
     status = run(["dvc", "status"], tmp_path)
     assert "up to date" in status
+
+
+def test_dvc_items_match_the_arms_parameter():
+    """dvc.yaml lists a sample/step/eval item per arm and round; they must agree with `arms`."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["vars"]
+    arms = yaml.safe_load((REPO / "params.yaml").read_text())["arms"]
+    items = {name: spec for entry in stages for name, spec in entry.items()}
+    assert {v["arm"] for v in items["steps"].values()} == set(arms)
+    assert {v["arm"] for v in items["evals"].values() if v["round"] > 0} == set(arms)
+    for name, step in items["steps"].items():
+        assert name == f"{step['arm']}-{step['round']}"
+        expected = "data/base_model" if step["round"] == 0 else f"data/arms/{step['arm']}/rounds/{step['round'] - 1}/model"
+        assert step["policy"] == expected
+        if step["round"] > 0:
+            assert items["samples"][name]["dir"] == step["samples"] and items["samples"][name]["policy"] == expected
 
 
 def test_cli_reports_bad_parameters_by_key(tmp_path):

@@ -63,7 +63,7 @@ def test_selection_skips_traces_without_a_correct_answer_at_the_best_prefix(toke
     regret = trace_regret(rows, [64.0])
     problems = {"p1": {"problem": "Calculate 1 + 1."}}
     assert select_mrt([trace], rows, {trace["trace_id"]: regret}, problems, prompts, SelectConfig()) == []
-    star = select_star([trace], {}, problems, prompts, SelectConfig(method="star"))
+    star = select_star([trace], {}, problems, prompts, SelectConfig())
     assert len(star) == 1 and star[0]["completion_ids"][-1] == tokenizer.eos_token_id
 
 
