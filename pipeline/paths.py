@@ -35,6 +35,10 @@ class Layout:
     def problem_rejects(self) -> Path:
         return self.problems / "rejects.parquet"
 
+    @property
+    def problem_metrics(self) -> Path:
+        return self.reports / "problems.json"
+
     # Samples of round r's policy: shared by every arm in round 0 (the base model).
     def samples_dir(self, r: int) -> Path:
         return self.root / "rounds" / "0" if r == 0 else self.arm_dir(r)

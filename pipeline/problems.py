@@ -1,8 +1,10 @@
-"""Load problem sets, validate every row, and split them into disjoint train and eval sets.
+"""Load problem sets, validate every row, and build disjoint, decontaminated train and eval splits.
 
 Sources: seeded `reasoning-gym` generators (offline default), a Hugging Face dataset, or a
-Parquet / JSONL file, each read through a column mapping. A row that cannot be used goes
-to a rejects table with its reason, never silently away.
+Parquet / JSONL file, each read through a column mapping; plus held-out benchmarks by name
+(`pipeline.benchmarks`) added to the eval split. A row that cannot be used goes to a rejects
+table with its reason, never silently away; training problems that overlap an eval problem
+are rejected the same way and replaced from the rest of the pool.
 """
 
 from __future__ import annotations
@@ -11,42 +13,49 @@ import json
 import math
 import random
 import unicodedata
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
+from itertools import chain, islice
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 
-from pipeline.config import ProblemsConfig
+from pipeline.benchmarks import load_benchmark, prose_issue, sampled_order
+from pipeline.config import BenchmarkConfig, ProblemsConfig
+from pipeline.decontamination import EvalIndex, exact_key
 from pipeline.grading import Grader, default_grader
 from pipeline.io import stable_hash
+from pipeline.problem_files import (
+    ProblemSourceError,
+    RawRow,
+    available_columns,
+    load_saved_dataset,
+    map_columns,
+    read_file_records,
+)
 from pipeline.tables import PROBLEMS, REJECTS, from_rows
 
-
-class ProblemSourceError(ValueError):
-    """The problem source itself cannot be read (missing file, wrong columns, empty)."""
-
-
-@dataclass
-class RawRow:
-    index: int
-    data: dict[str, Any]
+__all__ = ["PreparedProblems", "ProblemSourceError", "load_problems", "normalize_text", "prepare_problems", "problem_id"]
 
 
 def normalize_text(text: str) -> str:
-    """Case- and whitespace-insensitive form used for ids and de-duplication."""
-    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
+    """Case- and spacing-insensitive form used for ids and de-duplication (`1+1` equals `1 + 1`)."""
+    return exact_key(text)
 
 
 def problem_id(source: str, problem: str) -> str:
-    return stable_hash({"source": source, "problem": normalize_text(problem)})
+    """Stable id of a problem without one: a hash of its source and case- and whitespace-folded text."""
+    folded = " ".join(unicodedata.normalize("NFKC", problem).lower().split())
+    return stable_hash({"source": source, "problem": folded})
 
 
 def _reasoning_gym_rows(config: ProblemsConfig) -> tuple[str, list[RawRow]]:
     import reasoning_gym
 
     task = config.reasoning_gym.task
-    # Generate a generous pool: small generators repeat problems, and duplicates are dropped.
+    # Generate a generous pool: small generators repeat problems, and duplicates and
+    # contaminated problems are dropped; the splits are filled from what is left.
     pool = 4 * (config.train_size + config.eval_size)
     try:
         dataset = reasoning_gym.create_dataset(task, size=pool, seed=config.seed, **config.reasoning_gym.options)
@@ -56,80 +65,63 @@ def _reasoning_gym_rows(config: ProblemsConfig) -> tuple[str, list[RawRow]]:
     return f"reasoning_gym/{task}", rows
 
 
-def _enough(config: ProblemsConfig, accepted: int) -> bool:
-    """Generated pools are oversized on purpose: stop reading once the splits are full."""
-    return config.source == "reasoning_gym" and accepted >= config.train_size + config.eval_size
+def _file_records(config: ProblemsConfig) -> Iterable[dict]:
+    path = config.path or ""
+    if config.source != "hf":
+        return read_file_records(Path(path), config.source)
+    import datasets
+
+    try:
+        if Path(path).exists():
+            return load_saved_dataset(Path(path), config.hf_split)
+        return datasets.load_dataset(path, config.hf_config, split=config.hf_split)
+    except Exception as error:
+        raise ProblemSourceError(f"problems.path: cannot load dataset {path!r}: {error}") from error
 
 
 def _file_rows(config: ProblemsConfig) -> tuple[str, list[RawRow]]:
     path = config.path or ""
-    if config.source == "hf":
-        import datasets
-
-        local = Path(path)
-        try:
-            if local.exists():
-                dataset = datasets.load_from_disk(str(local))
-                if isinstance(dataset, datasets.DatasetDict):
-                    dataset = dataset[config.hf_split]
-            else:
-                dataset = datasets.load_dataset(path, config.hf_config, split=config.hf_split)
-        except Exception as error:
-            raise ProblemSourceError(f"problems.path: cannot load dataset {path!r}: {error}") from error
-        records: Iterable[dict] = dataset
-    else:
-        file = Path(path)
-        if not file.exists():
-            raise ProblemSourceError(f"problems.path: {file} does not exist")
-        try:
-            if config.source == "parquet":
-                import pyarrow.parquet as pq
-
-                records = pq.read_table(file).to_pylist()
-            else:
-                records = []
-                for line_number, line in enumerate(file.read_text().splitlines(), start=1):
-                    if line.strip():
-                        try:
-                            record = json.loads(line)
-                        except ValueError as error:  # bad JSON, or an integer too long to convert
-                            raise ProblemSourceError(f"{file}:{line_number}: not valid JSON: {error}") from error
-                        if not isinstance(record, dict):
-                            raise ProblemSourceError(
-                                f"{file}:{line_number}: expected a JSON object per line, got {type(record).__name__}"
-                            )
-                        records.append(record)
-        except ProblemSourceError:
-            raise
-        except Exception as error:
-            raise ProblemSourceError(f"problems.path: cannot read {file} as {config.source}: {error}") from error
-    rows = [RawRow(i, dict(record)) for i, record in enumerate(records)]
-    if not rows:
+    records = [dict(record) for record in _file_records(config)]
+    if not records:
         raise ProblemSourceError(f"problems.path: {path} holds no rows")
     wanted = [config.columns.problem, config.columns.answer] + ([config.columns.id] if config.columns.id else [])
     # Any row may lack a key (JSONL): such rows are rejected one by one; a column that no row has is an error.
-    available = set().union(*(row.data for row in rows))
+    available = available_columns(records)
     missing = [c for c in wanted if c not in available]
     if missing:
         raise ProblemSourceError(
             f"problems.columns: column(s) {missing} not found in {path}; it has {sorted(map(str, available))}"
         )
-    mapped = []
-    for row in rows:
-        data = {"problem": row.data.get(config.columns.problem), "answer": row.data.get(config.columns.answer)}
-        if config.columns.id:
-            data["id"] = row.data.get(config.columns.id)
-        mapped.append(RawRow(row.index, data))
-    return f"{config.source}:{Path(path).name}", mapped
+    rows = map_columns(records, config.columns.problem, config.columns.answer, config.columns.id)
+    return f"{config.source}:{Path(path).name}", rows
 
 
-def _reject(source: str, row: RawRow, reason: str, pid: str | None = None) -> dict:
+# -- row validation -------------------------------------------------------------------------
+
+# What each reject reason starts with -> its kind in the metrics.
+REASON_KINDS = {
+    "missing or empty": "missing",
+    "problem text is": "wrong_type",
+    "answer is": "wrong_type",
+    "duplicate of": "duplicate",
+    "gold answer cannot be parsed": "gold_unparsed",
+    "gold answer timed out": "gold_timeout",
+    "gold answer is prose": "gold_prose",
+    "contaminated": "contaminated",
+}
+
+
+def reason_kind(reason: str) -> str:
+    return next((kind for prefix, kind in REASON_KINDS.items() if reason.startswith(prefix)), "other")
+
+
+def _reject(source: str, index: int, data: dict, reason: str, pid: str | None = None) -> dict:
     return {
         "source": source,
-        "source_index": row.index,
+        "source_index": index,
         "problem_id": pid,
         "reason": reason,
-        "row": json.dumps(row.data, default=str)[:500],
+        "row": json.dumps(data, default=str)[:500],
     }
 
 
@@ -149,11 +141,11 @@ def _validate(source: str, row: RawRow) -> tuple[dict | None, dict | None]:
         answer = None if isinstance(answer, float) and not math.isfinite(answer) else str(answer)
     issue = _text_issue(problem, "problem text", "text")
     if issue:
-        return None, _reject(source, row, issue)
+        return None, _reject(source, row.index, row.data, issue)
     pid = str(row.data["id"]) if row.data.get("id") not in (None, "") else problem_id(source, problem)
     issue = _text_issue(answer, "answer", "text or a number")
     if issue:
-        return None, _reject(source, row, issue, pid)
+        return None, _reject(source, row.index, row.data, issue, pid)
     clean = {
         "problem_id": pid,
         "source": source,
@@ -166,48 +158,177 @@ def _validate(source: str, row: RawRow) -> tuple[dict | None, dict | None]:
 
 
 _GOLD_CHECK_BATCH = 256
+GoldCheck = Callable[[str], "str | None"]
 
 
-def _validated(source: str, rows: list[RawRow], grader: Grader):
+def _validated(source: str, rows: list[RawRow], grader: Grader, gold_check: GoldCheck | None, batch_size: int):
     """(row, clean, reject) in row order; gold answers are parsed in batches by the grader."""
-    for start in range(0, len(rows), _GOLD_CHECK_BATCH):
-        batch = [(row, *_validate(source, row)) for row in rows[start : start + _GOLD_CHECK_BATCH]]
+    for start in range(0, len(rows), batch_size):
+        batch = [(row, *_validate(source, row)) for row in rows[start : start + batch_size]]
+        if gold_check:  # a gold that fails the extra check is rejected before the grader sees it
+            for i, (row, clean, reject) in enumerate(batch):
+                issue = gold_check(clean["answer"]) if clean else None
+                if issue:
+                    batch[i] = (row, None, _reject(source, row.index, row.data, issue, clean["problem_id"]))
         problems = [clean for _, clean, _ in batch if clean]
         failures = iter(grader.check_golds([clean["answer"] for clean in problems]))
         for row, clean, reject in batch:
             failure = next(failures) if clean else None
             if failure:
                 why = "timed out" if failure == "timeout" else "cannot be parsed"
-                yield row, None, _reject(source, row, f"gold answer {why}: {clean['answer'][:80]!r}", clean["problem_id"])
+                reason = f"gold answer {why}: {clean['answer'][:80]!r}"
+                yield row, None, _reject(source, row.index, row.data, reason, clean["problem_id"])
             else:
                 yield row, clean, reject
 
 
-def load_problems(config: ProblemsConfig, grader: Grader | None = None) -> tuple[pa.Table, pa.Table, pa.Table]:
-    """(train, eval, rejects): validated, de-duplicated, disjoint splits."""
-    source, rows = _reasoning_gym_rows(config) if config.source == "reasoning_gym" else _file_rows(config)
-    accepted, rejects = [], []
+def _unique(
+    source: str,
+    rows: list[RawRow],
+    grader: Grader,
+    rejects: list[dict],
+    gold_check: GoldCheck | None = None,
+    batch_size: int = _GOLD_CHECK_BATCH,
+) -> Iterator[dict]:
+    """Usable rows of one source, lazily and in order; bad rows and duplicates (by normalized
+    text or id) are appended to `rejects` as they are met."""
     first_row: dict[str, int] = {}  # normalized text or id -> first row index
-    for row, clean, reject in _validated(source, rows, grader or default_grader()):
-        if _enough(config, len(accepted)):
-            break
+    for row, clean, reject in _validated(source, rows, grader, gold_check, batch_size):
         if reject:
             rejects.append(reject)
             continue
         keys = (normalize_text(clean["problem"]), "id:" + clean["problem_id"])
         duplicate_of = next((first_row[k] for k in keys if k in first_row), None)
         if duplicate_of is not None:
-            rejects.append(_reject(source, row, f"duplicate of row {duplicate_of}", clean["problem_id"]))
+            rejects.append(_reject(source, row.index, row.data, f"duplicate of row {duplicate_of}", clean["problem_id"]))
             continue
         first_row.update({k: row.index for k in keys})
-        accepted.append(clean)
-    if not accepted:
-        raise ProblemSourceError(f"no usable problems in {source}: all {len(rows)} rows were rejected")
-    random.Random(config.seed).shuffle(accepted)
-    eval_rows = [dict(r, split="eval") for r in accepted[: config.eval_size]]
-    train_rows = [dict(r, split="train") for r in accepted[config.eval_size : config.eval_size + config.train_size]]
-    if not train_rows:
+        yield clean
+
+
+def _clean_reject(clean: dict, reason: str) -> dict:
+    data = {"problem": clean["problem"], "answer": clean["answer"]}
+    return _reject(clean["source"], clean["source_index"], data, reason, clean["problem_id"])
+
+
+# -- splits ---------------------------------------------------------------------------------
+
+
+@dataclass
+class PreparedProblems:
+    """The three tables `mrt prepare-problems` writes, and the counts for its metrics file."""
+
+    train: pa.Table
+    eval: pa.Table
+    rejects: pa.Table
+    metrics: dict = field(default_factory=dict)
+
+
+def _benchmark(bench: BenchmarkConfig, seed: int, grader: Grader, index: EvalIndex,
+               rejects: list[dict]) -> tuple[list[dict], int]:
+    """Up to `limit` usable problems of one benchmark in a seeded order (each added to the eval
+    index), and how many rows the benchmark has."""
+    loaded = load_benchmark(bench)
+    rejected_before = len(rejects)
+    batch = min(_GOLD_CHECK_BATCH, max(16, 2 * bench.limit)) if bench.limit else _GOLD_CHECK_BATCH
+    taken: list[dict] = []
+    rows = sampled_order(loaded.rows, seed, bench.name)
+    for clean in _unique(bench.name, rows, grader, rejects, prose_issue, batch):
+        same = index.exact(clean["problem"])
+        if same:
+            rejects.append(_clean_reject(clean, f"duplicate of eval problem {same.eval_id} ({same.eval_source})"))
+            continue
+        clean["provenance"] = json.dumps({"source": bench.name, "row": clean["source_index"], "from": loaded.origin})
+        index.add(clean["problem_id"], bench.name, clean["problem"])
+        taken.append(clean)
+        if bench.limit and len(taken) >= bench.limit:
+            break
+    if not taken:
+        reasons = Counter(r["reason"][:60] for r in rejects[rejected_before:])
         raise ProblemSourceError(
-            f"problems: {len(accepted)} usable problems leave none for training after eval_size={config.eval_size}"
+            f"problems.eval_benchmarks[{bench.name}]: no usable problems in {loaded.origin}: "
+            f"{len(rejects) - rejected_before} rejected, e.g. " + "; ".join(f"{n}x {why}" for why, n in reasons.most_common(3))
         )
-    return from_rows(train_rows, PROBLEMS), from_rows(eval_rows, PROBLEMS), from_rows(rejects, REJECTS)
+    return taken, len(loaded.rows)
+
+
+def _fill_train(candidates: Iterable[dict], size: int, index: EvalIndex, config: ProblemsConfig,
+                rejects: list[dict]) -> tuple[list[dict], Counter]:
+    """The first `size` candidates that overlap no eval problem; the others are rejected, counted by kind."""
+    train: list[dict] = []
+    removed: Counter = Counter()
+    for clean in candidates:
+        hit = index.find(clean["problem"]) if config.decontamination.enabled else None
+        if hit:
+            rejects.append(_clean_reject(clean, hit.reason(index.ngram)))
+            removed[hit.kind] += 1
+            continue
+        train.append(clean)
+        if len(train) >= size:  # checked after taking, so the lazy pool is read no further than needed
+            break
+    return train, removed
+
+
+def problem_metrics(train: list[dict], evaluation: list[dict], rejects: list[dict], config: ProblemsConfig,
+                    removed: Counter, benchmark_rows: dict[str, int]) -> dict:
+    """Counts for `metrics/problems.json`: per split and source, rejects by kind and source, decontamination."""
+    decon = config.decontamination
+    return {
+        "train": len(train),
+        "eval": len(evaluation),
+        "train_shortfall": config.train_size - len(train),  # > 0 when the pool ran out
+        "train_by_source": dict(sorted(Counter(r["source"] for r in train).items())),
+        "eval_by_source": dict(sorted(Counter(r["source"] for r in evaluation).items())),
+        "benchmark_rows": benchmark_rows,  # rows each benchmark has (eval_by_source: used)
+        "rejected": len(rejects),
+        "rejected_by_reason": dict(sorted(Counter(reason_kind(r["reason"]) for r in rejects).items())),
+        "rejected_by_source": dict(sorted(Counter(r["source"] for r in rejects).items())),
+        "decontamination": {
+            "enabled": decon.enabled,
+            "ngram": decon.ngram,
+            "removed": sum(removed.values()),
+            "exact": removed["exact"],
+            "ngram_overlap": removed["ngram"],
+        },
+    }
+
+
+def prepare_problems(config: ProblemsConfig, grader: Grader | None = None) -> PreparedProblems:
+    """Validated, de-duplicated, disjoint splits; benchmarks added to eval; train decontaminated and refilled."""
+    grader = grader or default_grader()
+    source, rows = _reasoning_gym_rows(config) if config.source == "reasoning_gym" else _file_rows(config)
+    rejects: list[dict] = []
+    pool = _unique(source, rows, grader, rejects)
+    # A generated pool is read only as far as needed; a file is read whole, so its splits are a random sample.
+    head = list(islice(pool, config.train_size + config.eval_size)) if config.source == "reasoning_gym" else list(pool)
+    if not head:
+        raise ProblemSourceError(f"no usable problems in {source}: all {len(rows)} rows were rejected")
+    random.Random(config.seed).shuffle(head)
+    evaluation = head[: config.eval_size]
+    index = EvalIndex(config.decontamination.ngram)
+    for clean in evaluation:
+        index.add(clean["problem_id"], clean["source"], clean["problem"])
+    available: dict[str, int] = {}
+    for bench in config.eval_benchmarks:
+        taken, available[bench.name] = _benchmark(bench, config.seed, grader, index, rejects)
+        evaluation += taken
+    # Candidates: the shuffled rest of the head, then (generated pools) the rows not read yet.
+    train, removed = _fill_train(chain(head[config.eval_size :], pool), config.train_size, index, config, rejects)
+    if not train:
+        raise ProblemSourceError(
+            f"problems: {len(head)} usable problems leave none for training after eval_size={config.eval_size}"
+            + (f" and decontamination ({sum(removed.values())} removed)" if removed else "")
+        )
+    metrics = problem_metrics(train, evaluation, rejects, config, removed, available)
+    return PreparedProblems(
+        from_rows([dict(r, split="train") for r in train], PROBLEMS),
+        from_rows([dict(r, split="eval") for r in evaluation], PROBLEMS),
+        from_rows(rejects, REJECTS),
+        metrics,
+    )
+
+
+def load_problems(config: ProblemsConfig, grader: Grader | None = None) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """(train, eval, rejects): see `prepare_problems`."""
+    prepared = prepare_problems(config, grader)
+    return prepared.train, prepared.eval, prepared.rejects

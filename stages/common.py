@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Callable
 
@@ -46,6 +47,11 @@ def open_policy(params: Params, round_index: int, arm: str | None = None):
     ref = policy_ref(params, round_index, arm)
     prompts = prompt_builder(params, load_tokenizer(ref))
     return ref, prompts, make_backend(ref, params.backend, params.model, prompts.tokenizer)
+
+
+def lazy_policy(params: Params, round_index: int, arm: str | None = None) -> Callable[[], tuple]:
+    """`open_policy` on first call, the same engine after: a stage loads the model only if some shard is missing."""
+    return cache(lambda: open_policy(params, round_index, arm))
 
 
 def open_grader(params: Params) -> Grader:

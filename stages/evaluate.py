@@ -9,8 +9,6 @@ prover rows and extensions are written in resumable shards like the training sta
 
 from __future__ import annotations
 
-from functools import cache
-
 from pipeline.config import Params
 from pipeline.episodes import split_token_ids
 from pipeline.evaluation import summarize
@@ -20,7 +18,7 @@ from pipeline.models import fingerprint
 from pipeline.prover import prove_traces, thinking_ids
 from pipeline.sampling import sample_traces
 from pipeline.tables import EXTRAPOLATION, PROVER, TRACES
-from stages.common import layout, open_grader, open_policy, policy_prompts, rows, write_missing_shards
+from stages.common import layout, lazy_policy, open_grader, policy_prompts, rows, write_missing_shards
 
 
 def run(params: Params, round_index: int, arm: str | None = None) -> str:
@@ -37,9 +35,7 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
             "grading": params.grading.model_dump(mode="json", exclude={"workers", "cache_size"})}
     name = paths.eval_dir(round_index).relative_to(paths.root / "eval")
 
-    @cache
-    def engine():  # the model is loaded only if some shard is missing
-        return open_policy(params, round_index, arm)
+    engine = lazy_policy(params, round_index, arm)
 
     with open_grader(params) as grader:
         def sample(chunk, update):
@@ -86,7 +82,7 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
         engine()[2].close()
     prover_rows = rows(paths.eval_prover(round_index), PROVER)
     extension_rows = rows(paths.eval_extrapolation(round_index), EXTRAPOLATION)
-    metrics, curves = summarize(traces, prover_rows, params)
+    metrics, curves = summarize(traces, prover_rows, problems, params)
     curves["extrapolation"] = extrapolation_curve(prover_rows, extension_rows)
     metrics["extrapolation"] = {str(p["extensions"]): p for p in curves["extrapolation"]}
     reports = paths.eval_reports(round_index)

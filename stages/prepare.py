@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.config import Params
-from pipeline.io import write_table
+from pipeline.io import write_json, write_table
 from pipeline.models import prepare_base_model
 from stages.common import layout, open_grader
 
@@ -15,12 +15,23 @@ def run_model(params: Params) -> str:
 
 
 def run_problems(params: Params) -> str:
-    from pipeline.problems import load_problems
+    """Write data/problems/{train,eval,rejects}.parquet and the counts to <metrics_dir>/problems.json."""
+    from pipeline.problems import prepare_problems
 
     paths = layout(params)
     with open_grader(params) as grader:
-        train, evaluation, rejects = load_problems(params.problems, grader)
-    write_table(train, paths.problems_split("train"))
-    write_table(evaluation, paths.problems_split("eval"))
-    write_table(rejects, paths.problem_rejects)
-    return f"problems: {train.num_rows} train, {evaluation.num_rows} eval, {rejects.num_rows} rejected (see {paths.problem_rejects})"
+        prepared = prepare_problems(params.problems, grader)
+    write_table(prepared.train, paths.problems_split("train"))
+    write_table(prepared.eval, paths.problems_split("eval"))
+    write_table(prepared.rejects, paths.problem_rejects)
+    metrics_file = paths.problem_metrics
+    write_json(prepared.metrics, metrics_file)
+    m = prepared.metrics
+    sources = ", ".join(f"{n} {s}" for s, n in m["eval_by_source"].items())
+    message = (
+        f"problems: {m['train']} train, {m['eval']} eval ({sources}), {m['rejected']} rejected "
+        f"({m['decontamination']['removed']} for overlapping eval; see {paths.problem_rejects}); counts in {metrics_file}"
+    )
+    if m["train_shortfall"] > 0:
+        message += f"\nwarning: the pool ran out: {m['train_shortfall']} fewer training problems than problems.train_size"
+    return message

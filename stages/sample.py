@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from functools import cache
-
 from pipeline.config import Params
 from pipeline.io import ShardedWriter, stable_hash
 from pipeline.models import fingerprint
 from pipeline.sampling import sample_traces
 from pipeline.tables import TRACES
-from stages.common import layout, open_grader, open_policy, rows, write_missing_shards
+from stages.common import layout, lazy_policy, open_grader, rows, write_missing_shards
 
 
 def run(params: Params, round_index: int, arm: str | None = None) -> str:
@@ -26,9 +24,7 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
     }
     writer = ShardedWriter(paths.traces(round_index), fingerprint_data, {"policy_folder": str(policy)})
 
-    @cache
-    def engine():  # the model is loaded only if some shard is missing
-        return open_policy(params, round_index, arm)
+    engine = lazy_policy(params, round_index, arm)
 
     with open_grader(params) as grader:
         def sample(chunk, update):

@@ -61,7 +61,7 @@ def write_params(workdir: Path, model_dir: Path) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["model"]["name_or_path"] = str(model_dir)
     params["problems"].update(source="jsonl", path=str(problems), columns={"problem": "question", "answer": "solution"},
-                              train_size=8, eval_size=2)
+                              train_size=8, eval_size=2, eval_benchmarks=[])
     params["sample"].update(n=2, max_tokens=24, shard_size=1)
     params["episodes"].update(window_tokens=8)
     params["prover"].update(k=2, max_answer_tokens=12, shard_size=2)

@@ -32,7 +32,7 @@ def write_params(workdir: Path, model_dir: Path) -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["model"]["name_or_path"] = str(model_dir)
     params["problems"].update(source="jsonl", path=str(problems), columns={"problem": "question", "answer": "solution"},
-                              train_size=6, eval_size=2)
+                              train_size=6, eval_size=2, eval_benchmarks=[])
     params["sample"].update(n=2, max_tokens=32, shard_size=4)
     params["episodes"].update(window_tokens=8)
     params["prover"].update(k=2, max_answer_tokens=12, shard_size=4)
@@ -91,6 +91,7 @@ def test_two_rounds_two_arms_with_dvc(tmp_path, tiny_model_dir):
         metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["problems"] == 2 and metrics["samples_per_problem"] == 2
         assert 0 <= metrics["pass@1"] <= metrics["pass@2"] <= 1
+        assert sum(m["problems"] for m in metrics["by_source"].values()) == 2
         curve = json.loads((folder / "accuracy_by_budget.json").read_text())
         assert [p["budget_tokens"] for p in curve] == [11, 22, 33, 44]  # (32 + 12) / 4 steps
         extrapolation = json.loads((folder / "extrapolation.json").read_text())

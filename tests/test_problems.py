@@ -54,3 +54,20 @@ def test_missing_file_and_empty_file(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(ProblemSourceError, match="no rows"):
         load_problems(ProblemsConfig(source="jsonl", path=str(tmp_path / "empty.jsonl")))
+
+
+def test_duplicates_ignore_spacing_around_operators(tmp_path):
+    rows = [{"q": "What is 1+1?", "a": "2"}, {"q": "what is 1 + 1 ?", "a": "2"}, {"q": "What is 1 - 1?", "a": "0"}]
+    write_jsonl(tmp_path / "p.jsonl", rows)
+    config = ProblemsConfig(source="jsonl", path=str(tmp_path / "p.jsonl"), columns={"problem": "q", "answer": "a"}, eval_size=0)
+    train, _, rejects = load_problems(config)
+    assert sorted(train.column("source_index").to_pylist()) == [0, 2]
+    assert rejects.column("reason").to_pylist() == ["duplicate of row 0"]
+
+
+def test_problem_ids_are_stable():
+    from pipeline.problems import problem_id
+
+    # ids are stored in every table downstream: the hash of source + folded text must not change
+    assert problem_id("reasoning_gym/basic_arithmetic", "Calculate 1 + 6.") == "efcba6940644e993"
+    assert problem_id("s", "  What IS 1+1? ") == problem_id("s", "what is 1+1?")

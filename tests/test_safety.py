@@ -270,7 +270,7 @@ def _layout_paths(layout) -> dict[str, Path]:
     return paths
 
 
-REPORT_PATHS = ("metrics", "train_metrics", "plots", "eval_reports", "arm_reports")
+REPORT_PATHS = ("metrics", "train_metrics", "plots", "eval_reports", "arm_reports", "problem_metrics")
 
 
 @pytest.mark.parametrize("relative", [False, True])
