@@ -17,6 +17,13 @@ def make_backend(ref: ModelRef, backend: BackendConfig, model: ModelConfig, toke
         tokenizer = tokenizer or load_tokenizer(ref)
         lm = load_causal_lm(ref, dtype=model.dtype, device=pick_device(backend.device))
         return TransformersBackend(lm, tokenizer, batch_size=backend.batch_size)
-    raise NotImplementedError(
-        f"backend.name: {backend.name!r} is not available yet; use 'transformers' (the vLLM engine is tracked in its own issue)"
-    )
+    if backend.name == "vllm":
+        from pipeline.backends.vllm_backend import VLLMBackend, import_vllm
+
+        import_vllm()  # vllm is an optional extra: a clear error before anything is loaded
+        if backend.data_parallel_size > 1:
+            from pipeline.backends.vllm_pool import VLLMPool
+
+            return VLLMPool(ref, backend, model)
+        return VLLMBackend.open(ref, backend, model, tokenizer or load_tokenizer(ref))
+    raise ValueError(f"backend.name: unknown backend {backend.name!r}; choose transformers or vllm")
