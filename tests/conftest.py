@@ -63,8 +63,8 @@ def _teach(model, tokenizer, steps: int = 120) -> None:
     model.eval()
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, smol_tokenizer_dir, tokenizer) -> Path:
+def build_tiny_model(tokenizer, out: Path, heads: int = 4, kv_heads: int = 2) -> Path:
+    """A random 2-layer, 64-wide Llama on SmolLM2's tokenizer, taught to answer `\\boxed{2}`, saved to `out`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -74,8 +74,8 @@ def tiny_model_dir(tmp_path_factory, smol_tokenizer_dir, tokenizer) -> Path:
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=1024,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
@@ -84,10 +84,14 @@ def tiny_model_dir(tmp_path_factory, smol_tokenizer_dir, tokenizer) -> Path:
     )
     model = LlamaForCausalLM(config)
     _teach(model, tokenizer)
-    out = tmp_path_factory.mktemp("tiny_model")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smol_tokenizer_dir, tokenizer) -> Path:
+    return build_tiny_model(tokenizer, tmp_path_factory.mktemp("tiny_model"))
 
 
 @pytest.fixture(scope="session")

@@ -71,22 +71,9 @@ def test_missing_vllm_is_a_clear_error(monkeypatch):
 
 @pytest.fixture(scope="module")
 def vllm_model_dir(tmp_path_factory, tokenizer) -> Path:
-    import torch
-    from conftest import _teach
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from conftest import build_tiny_model
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    model = LlamaForCausalLM(config)
-    _teach(model, tokenizer)
-    out = tmp_path_factory.mktemp("vllm_tiny_model")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return build_tiny_model(tokenizer, tmp_path_factory.mktemp("vllm_tiny_model"), heads=2, kv_heads=1)
 
 
 @pytest.fixture(scope="module")
