@@ -37,8 +37,7 @@ def write_pointer(init: ModelRef, out_dir: Path) -> None:
 def train_sft(rows: list[dict], init: ModelRef, out_dir: Path, config: TrainConfig, dtype: str = "float32") -> dict:
     """Fine-tune `init` on `rows` and save the model to `out_dir`; returns training metrics."""
     if not rows:
-        write_pointer(init, out_dir)
-        return {"examples": 0, "trained": False}
+        raise ValueError(f"no selected rows to train {out_dir} on (the train stage writes a pointer instead)")
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = load_tokenizer(init)
@@ -55,6 +54,7 @@ def train_sft(rows: list[dict], init: ModelRef, out_dir: Path, config: TrainConf
             warmup_steps=config.warmup_ratio,
             lr_scheduler_type=config.lr_scheduler,
             bf16=config.bf16,
+            activation_checkpointing=config.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
             seed=config.seed,
             data_seed=config.seed,
             logging_steps=config.logging_steps,
@@ -67,12 +67,13 @@ def train_sft(rows: list[dict], init: ModelRef, out_dir: Path, config: TrainConf
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
         result = trainer.train()
-        trainer.save_model(str(out_dir))
-    tokenizer.save_pretrained(out_dir)
+        trainer.save_model(str(out_dir))  # every rank calls it (ZeRO-3 gathers shards); rank 0 writes, tokenizer too
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {
         "examples": len(rows),
         "trained": True,
+        "processes": args.world_size,
+        "effective_batch": config.batch_size * config.grad_accum * args.world_size,
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         "first_logged_loss": losses[0] if losses else None,

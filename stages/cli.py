@@ -9,6 +9,7 @@ from typing import Callable
 import typer
 
 from pipeline.config import ConfigError, Params, load_params
+from pipeline.launch import LaunchError
 from pipeline.models import ModelNotFoundError
 from pipeline.problems import ProblemSourceError
 
@@ -30,7 +31,7 @@ ArmOption = typer.Option(
     "Round 0 samples the base model once for all arms.",
 )
 
-_EXPECTED_ERRORS = (ConfigError, ModelNotFoundError, ProblemSourceError, FileNotFoundError, ValueError)
+_EXPECTED_ERRORS = (ConfigError, ModelNotFoundError, ProblemSourceError, FileNotFoundError, ValueError, LaunchError)
 
 
 def _run(params_file: Path | None, overrides: list[str] | None, action: Callable[[Params], str]) -> None:

@@ -1,0 +1,170 @@
+"""The train stage: SFT in this process, or relaunched under `accelerate launch` on several processes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, Params
+from pipeline.io import write_table
+from pipeline.models import REF_FILE, ModelRef
+from pipeline.tables import SELECTED, from_rows
+from pipeline.training import write_pointer
+from stages import train
+from stages.common import layout
+
+# Two worker processes on this machine's CPU, all-reducing over gloo: the path DeepSpeed takes on
+# 8 GPUs. accelerate's own CPU setting starts one process (it expects mpirun), so the test uses the
+# torchrun launcher and ACCELERATE_USE_CPU=true makes trl's Trainer set up CPU data parallelism.
+TWO_PROCESSES = """\
+compute_environment: LOCAL_MACHINE
+distributed_type: MULTI_GPU
+num_processes: 2
+num_machines: 1
+machine_rank: 0
+mixed_precision: 'no'
+use_cpu: false
+main_training_function: main
+rdzv_backend: static
+same_network: true
+"""
+
+
+def _selected_rows(tokenizer, count: int = 8) -> list[dict]:
+    """Rows of equal token length, so one batch of 4 and two of 2 average the same loss."""
+    rows = []
+    for index in range(count):
+        prompt, completion = f"What is 1+{index}?", f"<think>one plus {index}</think> \\boxed{{{index + 1}}}"
+        rows.append({
+            "trace_id": f"t{index}", "problem_id": f"p{index}", "round": 0, "method": "mrt",
+            "prompt": prompt, "completion": completion,
+            "prompt_ids": tokenizer(prompt, add_special_tokens=False)["input_ids"],
+            "completion_ids": tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id],
+            "best_prefix": 0, "n_episodes": 1, "j_best": 1.0, "total_gain": 0.0, "regret": 0.0, "model": "tiny",
+        })
+    assert len({len(r["prompt_ids"]) + len(r["completion_ids"]) for r in rows}) == 1
+    return rows
+
+
+def _params(root: Path, **train) -> Params:
+    settings = {"epochs": 1, "batch_size": 2, "grad_accum": 1, "learning_rate": 1e-3, "warmup_ratio": 0.0,
+                "lr_scheduler": "constant", "logging_steps": 1, "gradient_checkpointing": False, **train}
+    return Params.model_validate({"data_dir": str(root / "data"), "metrics_dir": str(root / "metrics"), "train": settings})
+
+
+@pytest.fixture()
+def workspace(tmp_path, tiny_model_dir, tokenizer, monkeypatch):
+    """A data folder with the base model (a pointer to the tiny model) and round 0's selection."""
+    monkeypatch.chdir(tmp_path)
+    paths = layout(_params(tmp_path))
+    write_pointer(ModelRef(str(tiny_model_dir)), paths.base_model)
+    paths.selected(0).parent.mkdir(parents=True, exist_ok=True)
+    write_table(from_rows(_selected_rows(tokenizer), SELECTED), paths.selected(0))
+    return tmp_path
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _train_metrics(params: Params) -> dict:
+    return json.loads(layout(params).train_metrics(0).read_text())
+
+
+def test_training_in_this_process_saves_model_tokenizer_and_metrics(workspace, tiny_model_dir):
+    import torch
+
+    params = _params(workspace)
+    message = train.run(params, 0, "mrt")
+    out = layout(params).model(0)
+    metrics = _train_metrics(params)
+    assert "trained on 8 examples" in message
+    assert metrics["processes"] == 1 and metrics["effective_batch"] == 2 and metrics["steps"] == 4
+    assert (out / "tokenizer.json").is_file()
+    before, after = _weights(tiny_model_dir), _weights(out)
+    assert any(not (before[name] == after[name]).all() for name in before)
+
+    # Gradient checkpointing recomputes activations instead of keeping them: same update.
+    checkpointed = _params(workspace / "checkpointed", gradient_checkpointing=True)
+    shutil.copytree(layout(params).root, layout(checkpointed).root, ignore=shutil.ignore_patterns("model"))
+    train.run(checkpointed, 0, "mrt")
+    recomputed = _weights(layout(checkpointed).model(0))
+    for name in after:
+        torch.testing.assert_close(recomputed[name], after[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_accelerate_relaunch_trains_on_two_processes_like_one_with_their_joint_batch(workspace, monkeypatch):
+    """2 processes x batch 2 all-reduce to the same update as 1 process x batch 4."""
+    import torch
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    config = workspace / "two_processes.yaml"
+    config.write_text(TWO_PROCESSES)
+    launched = _params(workspace, accelerate_config=str(config))
+    message = train.run(launched, 0, "mrt")
+    metrics = _train_metrics(launched)
+    assert "under accelerate" in message
+    assert metrics["processes"] == 2 and metrics["effective_batch"] == 4 and metrics["steps"] == 2
+    assert metrics["examples"] == 8 and metrics["trained"] is True
+    distributed = _weights(layout(launched).model(0))
+    assert (layout(launched).model(0) / "tokenizer.json").is_file()
+
+    single = _params(workspace / "single", batch_size=4)
+    single_paths = layout(single)
+    shutil.copytree(layout(launched).root, single_paths.root, ignore=shutil.ignore_patterns("model"))
+    train.run(single, 0, "mrt")
+    alone = _weights(single_paths.model(0))
+    assert distributed.keys() == alone.keys()
+    for name in alone:
+        torch.testing.assert_close(distributed[name], alone[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_missing_accelerate_config_names_the_key_and_path(workspace):
+    params = _params(workspace, accelerate_config="configs/accelerate/nope.yaml")
+    with pytest.raises(ConfigError, match=r"train.accelerate_config: configs/accelerate/nope.yaml: no such file"):
+        train.run(params, 0, "mrt")
+
+
+def test_an_empty_selection_writes_a_pointer_without_launching(workspace, tiny_model_dir):
+    params = _params(workspace, accelerate_config="configs/accelerate/nope.yaml")
+    paths = layout(params)
+    write_table(from_rows([], SELECTED), paths.selected(0))
+    message = train.run(params, 0, "mrt")
+    assert "nothing selected" in message
+    assert json.loads((paths.model(0) / REF_FILE).read_text())["name_or_path"] == str(tiny_model_dir)
+    assert _train_metrics(params) == {"round": 0, "arm": "mrt", "init": str(paths.base_model), "examples": 0, "trained": False}
+
+
+def test_the_workers_get_the_same_parameters_without_the_relaunch(tmp_path):
+    import yaml
+
+    from pipeline.config import load_params
+    from pipeline.launch import worker_params
+
+    params = _params(tmp_path, accelerate_config="configs/accelerate/deepspeed_zero3.yaml", batch_size=3)
+    params_file = tmp_path / "worker.yaml"
+    params_file.write_text(yaml.safe_dump(worker_params(params)))
+    reloaded = load_params(params_file)
+    assert reloaded.train.accelerate_config is None
+    assert reloaded.model_dump() == {**params.model_dump(), "train": {**params.train.model_dump(), "accelerate_config": None}}
+
+
+def test_failed_workers_stop_the_stage_with_the_command_to_rerun(workspace, monkeypatch):
+    import sys
+
+    from pipeline import launch
+
+    config = workspace / "two_processes.yaml"
+    config.write_text(TWO_PROCESSES)
+    monkeypatch.setattr(launch, "accelerate_command", lambda *args: [sys.executable, "-c", "raise SystemExit(3)"])
+    params = _params(workspace, accelerate_config=str(config))
+    with pytest.raises(launch.LaunchError, match=r"exited with code 3 .*accelerate launch --config_file .*two_processes.yaml "
+                       r"-m stages.cli train --round 0 --arm mrt --set train.accelerate_config=null"):
+        train.run(params, 0, "mrt")
+    assert not layout(params).train_metrics(0).exists()
