@@ -38,6 +38,7 @@ def train_sft(rows: list[dict], init: ModelRef, out_dir: Path, config: TrainConf
     """Fine-tune `init` on `rows` and save the model to `out_dir`; returns training metrics."""
     if not rows:
         raise ValueError(f"no selected rows to train {out_dir} on (the train stage writes a pointer instead)")
+    from transformers.trainer import TRAINING_ARGS_NAME
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = load_tokenizer(init)
@@ -68,6 +69,10 @@ def train_sft(rows: list[dict], init: ModelRef, out_dir: Path, config: TrainConf
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
         result = trainer.train()
         trainer.save_model(str(out_dir))  # every rank calls it (ZeRO-3 gathers shards); rank 0 writes, tokenizer too
+    if trainer.is_world_process_zero():
+        # The Trainer also pickles its arguments, scratch folder name included: not part of the model, it
+        # would change the folder's hash (and rerun every later stage) on an identical rerun.
+        (out_dir / TRAINING_ARGS_NAME).unlink(missing_ok=True)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {
         "examples": len(rows),
