@@ -7,6 +7,7 @@ re-encoded, no BOS is doubled, and the loss covers the completion (thinking incl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -34,6 +35,13 @@ def write_pointer(init: ModelRef, out_dir: Path) -> None:
     (out_dir / REF_FILE).write_text(json.dumps(init.__dict__, indent=2) + "\n")
 
 
+def checkpointing_argument(config_class, enabled: bool) -> dict:
+    """Gradient checkpointing under the name this transformers knows: `activation_checkpointing` from
+    about 5.2x on (the old name warns), `gradient_checkpointing` in 5.19, the version vLLM pins."""
+    names = {field.name for field in dataclasses.fields(config_class)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
+
+
 def train_sft(rows: list[dict], init: ModelRef, out_dir: Path, config: TrainConfig, dtype: str = "float32") -> dict:
     """Fine-tune `init` on `rows` and save the model to `out_dir`; returns training metrics."""
     if not rows:
@@ -55,7 +63,7 @@ def train_sft(rows: list[dict], init: ModelRef, out_dir: Path, config: TrainConf
             warmup_steps=config.warmup_ratio,
             lr_scheduler_type=config.lr_scheduler,
             bf16=config.bf16,
-            activation_checkpointing=config.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
+            **checkpointing_argument(SFTConfig, config.gradient_checkpointing),
             seed=config.seed,
             data_seed=config.seed,
             logging_steps=config.logging_steps,
