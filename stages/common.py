@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from tqdm.auto import tqdm
 
@@ -49,9 +49,17 @@ def open_policy(params: Params, round_index: int, arm: str | None = None):
     return ref, prompts, make_backend(ref, params.backend, params.model, prompts.tokenizer)
 
 
-def lazy_policy(params: Params, round_index: int, arm: str | None = None) -> Callable[[], tuple]:
-    """`open_policy` on first call, the same engine after: a stage loads the model only if some shard is missing."""
-    return cache(lambda: open_policy(params, round_index, arm))
+@contextmanager
+def lazy_policy(params: Params, round_index: int, arm: str | None = None) -> Iterator[Callable[[], tuple]]:
+    """A function giving `open_policy`'s (ref, prompts, backend), opened on first call and the same
+    after: a stage loads the model only if some shard is missing. The backend is closed on exit
+    if it was opened, so the next stage gets the memory (and vLLM's processes) back."""
+    engine = cache(lambda: open_policy(params, round_index, arm))
+    try:
+        yield engine
+    finally:
+        if engine.cache_info().currsize:
+            engine()[2].close()
 
 
 def open_grader(params: Params) -> Grader:

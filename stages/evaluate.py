@@ -35,9 +35,7 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
             "grading": params.grading.model_dump(mode="json", exclude={"workers", "cache_size"})}
     name = paths.eval_dir(round_index).relative_to(paths.root / "eval")
 
-    engine = lazy_policy(params, round_index, arm)
-
-    with open_grader(params) as grader:
+    with lazy_policy(params, round_index, arm) as engine, open_grader(params) as grader:
         def sample(chunk, update):
             ref, prompts, backend = engine()
             return sample_traces(chunk, backend, prompts, sample_config, round_index, ref.label, update, grader)
@@ -78,8 +76,6 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
             traces if params.eval.extrapolate.times else [], params.prover.shard_size, EXTRAPOLATION, extend,
             lambda c: len(c) * params.eval.extrapolate.times * (1 + params.prover.k), f"eval extrapolate {name}", engine,
         )
-    if engine.cache_info().currsize:
-        engine()[2].close()
     prover_rows = rows(paths.eval_prover(round_index), PROVER)
     extension_rows = rows(paths.eval_extrapolation(round_index), EXTRAPOLATION)
     metrics, curves = summarize(traces, prover_rows, problems, params)

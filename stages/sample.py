@@ -24,9 +24,7 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
     }
     writer = ShardedWriter(paths.traces(round_index), fingerprint_data, {"policy_folder": str(policy)})
 
-    engine = lazy_policy(params, round_index, arm)
-
-    with open_grader(params) as grader:
+    with lazy_policy(params, round_index, arm) as engine, open_grader(params) as grader:
         def sample(chunk, update):
             ref, prompts, backend = engine()
             return sample_traces(chunk, backend, prompts, params.sample, round_index, ref.label, update, grader)
@@ -36,5 +34,4 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
                                                 lambda chunk: len(chunk) * params.sample.n, f"sample {name}", engine)
     if not shards:
         return f"{paths.traces(round_index)}: all trace shards already complete"
-    engine()[2].close()
     return f"{paths.traces(round_index)}: sampled {computed * params.sample.n} traces in {shards} shard(s)"

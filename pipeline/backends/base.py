@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from pipeline.tokens import decode
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -25,6 +27,17 @@ class SamplingParams:
 class Request:
     prompt_ids: list[int]
     params: SamplingParams
+
+
+def completion_text(tokenizer, ids: list[int], stop: tuple[str, ...]) -> str:
+    """The decoded completion cut before the first stop string it contains; every backend
+    returns text this way, whatever its engine does with stop strings."""
+    text = decode(tokenizer, ids)
+    for s in stop:
+        cut = text.find(s)
+        if cut >= 0:
+            text = text[:cut]
+    return text
 
 
 @dataclass

