@@ -30,10 +30,6 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def accelerate_config_file(params: Params) -> Path | None:
     """The accelerate config the parameters ask for, checked to exist; None: train in this process."""
     value = params.train.accelerate_config

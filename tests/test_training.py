@@ -72,6 +72,13 @@ def _weights(folder: Path) -> dict:
     return load_file(str(folder / "model.safetensors"))
 
 
+def _train_like(done: Params, other: Params) -> Path:
+    """Train `other` on a copy of `done`'s inputs (base model pointer and selection); its model folder."""
+    shutil.copytree(layout(done).root, layout(other).root, ignore=shutil.ignore_patterns("model"))
+    train.run(other, 0, "mrt")
+    return layout(other).model(0)
+
+
 def _train_metrics(params: Params) -> dict:
     return json.loads(layout(params).train_metrics(0).read_text())
 
@@ -90,16 +97,10 @@ def test_training_in_this_process_saves_model_tokenizer_and_metrics(workspace, t
     assert any(not (before[name] == after[name]).all() for name in before)
 
     # An identical rerun writes an identical folder, so DVC does not rerun the stages after it.
-    again = _params(workspace / "again")
-    shutil.copytree(layout(params).root, layout(again).root, ignore=shutil.ignore_patterns("model"))
-    train.run(again, 0, "mrt")
-    assert fingerprint(layout(again).model(0)) == fingerprint(out)
+    assert fingerprint(_train_like(params, _params(workspace / "again"))) == fingerprint(out)
 
     # Gradient checkpointing recomputes activations instead of keeping them: same update.
-    checkpointed = _params(workspace / "checkpointed", gradient_checkpointing=True)
-    shutil.copytree(layout(params).root, layout(checkpointed).root, ignore=shutil.ignore_patterns("model"))
-    train.run(checkpointed, 0, "mrt")
-    recomputed = _weights(layout(checkpointed).model(0))
+    recomputed = _weights(_train_like(params, _params(workspace / "checkpointed", gradient_checkpointing=True)))
     for name in after:
         torch.testing.assert_close(recomputed[name], after[name], rtol=1e-5, atol=1e-6, msg=name)
 
@@ -121,11 +122,7 @@ def test_accelerate_relaunch_trains_on_two_processes_like_one_with_their_joint_b
     distributed = _weights(layout(launched).model(0))
     assert (layout(launched).model(0) / "tokenizer.json").is_file()
 
-    single = _params(workspace / "single", batch_size=4)
-    single_paths = layout(single)
-    shutil.copytree(layout(launched).root, single_paths.root, ignore=shutil.ignore_patterns("model"))
-    train.run(single, 0, "mrt")
-    alone = _weights(single_paths.model(0))
+    alone = _weights(_train_like(launched, _params(workspace / "single", batch_size=4)))
     assert distributed.keys() == alone.keys()
     for name in alone:
         torch.testing.assert_close(distributed[name], alone[name], rtol=1e-4, atol=1e-5, msg=name)
