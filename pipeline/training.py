@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -16,17 +17,46 @@ from pipeline.config import TrainConfig
 from pipeline.models import REF_FILE, ModelRef, load_causal_lm, load_tokenizer
 
 
+def sft_example(row: dict) -> dict:
+    """The exact sequence SFT trains on for one selected row: prompt + completion ids, loss on the completion.
+    The export stage writes these same lists, so another trainer can train on what this one does."""
+    prompt, completion = list(row["prompt_ids"]), list(row["completion_ids"])
+    return {"input_ids": prompt + completion, "completion_mask": [0] * len(prompt) + [1] * len(completion)}
+
+
+def sft_examples(rows: list[dict], max_length: int) -> tuple[list[dict], dict]:
+    """The examples that fit in `max_length` tokens, and counts of what was dropped.
+
+    An over-length example is dropped, never sliced: a slice would keep the thinking and cut the
+    answer and EOS, teaching the model to think without ever answering.
+    """
+    examples, dropped, longest = [], [], 0
+    for row in rows:
+        example = sft_example(row)
+        length = len(example["input_ids"])
+        longest = max(longest, length)
+        if length > max_length:
+            dropped.append(row.get("trace_id", "?"))
+        else:
+            examples.append(example)
+    stats = {"examples": len(rows), "dropped_over_length": len(dropped), "longest_example_tokens": longest,
+             "max_length": max_length}
+    if dropped:
+        print(f"WARNING: SFT drops {len(dropped)} of {len(rows)} examples longer than train.max_length={max_length} "
+              f"tokens (longest: {longest}; e.g. trace {dropped[0]}); raise train.max_length to keep them",
+              file=sys.stderr, flush=True)
+    return examples, stats
+
+
 def sft_dataset(rows: list[dict], max_length: int):
-    """A tokenized `datasets.Dataset` for trl from selected rows."""
+    """A tokenized `datasets.Dataset` for trl from selected rows (over-length rows dropped), and its counts."""
     from datasets import Dataset
 
-    records = []
-    for row in rows:
-        prompt, completion = list(row["prompt_ids"]), list(row["completion_ids"])
-        ids = (prompt + completion)[:max_length]
-        mask = ([0] * len(prompt) + [1] * len(completion))[:max_length]
-        records.append({"input_ids": ids, "completion_mask": mask})
-    return Dataset.from_list(records)
+    examples, stats = sft_examples(rows, max_length)
+    if not examples:
+        raise ValueError(f"train.max_length={max_length}: all {len(rows)} selected examples are longer "
+                         f"(longest: {stats['longest_example_tokens']} tokens); raise train.max_length")
+    return Dataset.from_list(examples), stats
 
 
 def write_pointer(init: ModelRef, out_dir: Path) -> None:
@@ -52,7 +82,7 @@ def train_sft(rows: list[dict], init: ModelRef, out_dir: Path, config: TrainConf
     tokenizer = load_tokenizer(init)
     model = load_causal_lm(init, dtype=dtype, device="cpu")
     model.train()
-    dataset = sft_dataset(rows, config.max_length)
+    dataset, counts = sft_dataset(rows, config.max_length)
     with tempfile.TemporaryDirectory(prefix="mrt-sft-") as scratch:
         args = SFTConfig(
             output_dir=scratch,
@@ -83,7 +113,7 @@ def train_sft(rows: list[dict], init: ModelRef, out_dir: Path, config: TrainConf
         (out_dir / TRAINING_ARGS_NAME).unlink(missing_ok=True)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {
-        "examples": len(rows),
+        **counts,
         "trained": True,
         "processes": args.world_size,
         "effective_batch": config.batch_size * config.grad_accum * args.world_size,

@@ -171,3 +171,33 @@ def test_failed_workers_stop_the_stage_with_the_command_to_rerun(workspace, monk
                        r"-m stages.cli train --round 0 --arm mrt --set train.accelerate_config=null"):
         train.run(params, 0, "mrt")
     assert not layout(params).train_metrics(0).exists()
+
+
+def test_over_length_examples_are_dropped_and_counted_never_sliced(workspace, tokenizer, capfd):
+    """A target longer than train.max_length would lose its answer and EOS to a slice: it is dropped instead."""
+    from pipeline.io import read_table
+    from pipeline.training import sft_examples
+
+    params = _params(workspace)
+    paths = layout(params)
+    short = read_table(paths.selected(0), SELECTED).to_pylist()
+    long_row = {**short[0], "trace_id": "long", "completion_ids": short[0]["completion_ids"][:-1] * 40 + [tokenizer.eos_token_id]}
+    long_length = len(long_row["prompt_ids"]) + len(long_row["completion_ids"])
+    short_length = len(short[0]["prompt_ids"]) + len(short[0]["completion_ids"])
+    assert short_length < 100 < long_length
+    write_table(from_rows(short + [long_row], SELECTED), paths.selected(0))
+
+    kept, counts = sft_examples(short + [long_row], max_length=short_length)
+    assert counts == {"examples": 9, "dropped_over_length": 1, "longest_example_tokens": long_length, "max_length": short_length}
+    assert [example["input_ids"] for example in kept] == [r["prompt_ids"] + r["completion_ids"] for r in short]
+    assert all(example["input_ids"][-1] == tokenizer.eos_token_id for example in kept)  # the answer's end is trained on
+    capfd.readouterr()
+
+    train.run(_params(workspace, max_length=short_length), 0, "mrt")
+    metrics = _train_metrics(params)
+    assert metrics["examples"] == 9 and metrics["dropped_over_length"] == 1 and metrics["longest_example_tokens"] == long_length
+    assert metrics["steps"] == 4  # the 8 examples that fit, batch 2
+    assert f"drops 1 of 9 examples longer than train.max_length={short_length}" in capfd.readouterr().err
+
+    with pytest.raises(ValueError, match=r"train.max_length=10: all 9 selected examples are longer"):
+        train.run(_params(workspace, max_length=10), 0, "mrt")
