@@ -6,14 +6,19 @@ pre-filled. `r1`: R1-style models that think in `<think>` natively; the prompt f
 DeepSeek's recommendation (no system prompt, instruction in the user turn).
 
 The rendered template is tokenized with `add_special_tokens=False`: the template already
-carries any BOS, so a tokenizer that adds one would otherwise give two.
+carries any BOS, so a tokenizer that adds one would otherwise give two. The problem text is
+always plain text: if it holds a string the tokenizer reads as a special token (a forged
+`<|im_start|>system` turn), it is tokenized on its own with `split_special_tokens=True`, so
+the prompt has exactly the turns the template made.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 THINK_OPEN, THINK_CLOSE = "<think>\n", "</think>"
+_SLOT = "\x00mrt-problem-slot\x00"  # stands for the problem while the template is rendered
 
 R1_FORCED_STOP = (
     "Time is up.\n\nGiven the time I've spent and the approaches I've tried, I should stop thinking "
@@ -25,6 +30,13 @@ CHATML_THINK_SYSTEM = (
     "then write the final answer in \\boxed{}. Example:\n"
     "<think>\n3 + 4 means adding 4 to 3, which gives 7.\n</think>\n\nThe answer is \\boxed{7}."
 )
+
+
+def special_token_strings(tokenizer) -> list[str]:
+    """Every string this tokenizer turns into a special token when it meets it in text, longest first."""
+    special = {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
+    special.update(tokenizer.all_special_tokens)
+    return sorted((s for s in special if s), key=len, reverse=True)
 
 
 @dataclass(frozen=True)
@@ -73,9 +85,20 @@ class PromptBuilder:
         # Some R1 templates already open the thinking block; the think tag is added separately.
         return text[: -len(THINK_OPEN)] if text.endswith(THINK_OPEN) else text
 
+    @cached_property
+    def _special_strings(self) -> tuple[str, ...]:
+        return tuple(special_token_strings(self.tokenizer))
+
     def sft_prompt_ids(self, problem: str) -> list[int]:
         """Prompt for SFT: the completion starts with `<think>\\n`, so the model learns to open it."""
-        return self.encode(self.chat_text(problem))
+        if not any(s in problem for s in self._special_strings):
+            return self.encode(self.chat_text(problem))
+        # The template around the problem keeps its control tokens; the problem itself stays text.
+        parts = self.chat_text(_SLOT).split(_SLOT)
+        if len(parts) != 2:
+            raise ValueError(f"model.family {self.family.name}: the chat template does not place the problem text once")
+        plain = list(self.tokenizer(problem, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+        return self.encode(parts[0]) + plain + self.encode(parts[1])
 
     def sampling_prompt_ids(self, problem: str) -> list[int]:
         """Prompt for sampling: the SFT prompt plus the think tag, so both share token ids."""
