@@ -1,9 +1,9 @@
-"""Stage `export`: the selected targets as Parquet for any trainer."""
+"""Stage `export`: the selected targets as Parquet for any trainer (see `pipeline.export`)."""
 
 from __future__ import annotations
 
 from pipeline.config import Params
-from pipeline.export import messages_table, prompt_completion_table
+from pipeline.export import MESSAGES, PROMPT_COMPLETION, TOKENIZED, messages_table, prompt_completion_table, tokenized_table
 from pipeline.io import read_table, write_table
 from pipeline.tables import SELECTED
 from stages.common import layout, policy_prompts, rows
@@ -13,9 +13,11 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
     paths = layout(params, arm)
     selected = read_table(paths.selected(round_index), SELECTED)
     prompts = policy_prompts(params, round_index, arm)
-    problems = {p["problem_id"]: p["problem"] for p in rows(paths.problems_split("train"))}
-    messages = {pid: prompts.messages(problems[pid]) for pid in set(selected.column("problem_id").to_pylist())}
+    problems = {p["problem_id"]: p for p in rows(paths.problems_split("train"))}
+    wanted = set(selected.column("problem_id").to_pylist()) & problems.keys()
+    messages = {pid: prompts.messages(problems[pid]["problem"]) for pid in wanted}
     out = paths.exports(round_index)
-    write_table(prompt_completion_table(selected), out / "prompt_completion.parquet")
-    write_table(messages_table(selected, messages), out / "messages.parquet")
+    write_table(tokenized_table(selected, problems), out / TOKENIZED)
+    write_table(prompt_completion_table(selected, problems, prompts.tokenizer), out / PROMPT_COMPLETION)
+    write_table(messages_table(selected, problems, messages, prompts.tokenizer), out / MESSAGES)
     return f"round {round_index}: exported {selected.num_rows} examples to {out}"
