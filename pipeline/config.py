@@ -215,18 +215,19 @@ class ProverConfig(Section):
 
 
 class ExtrapolateConfig(Section):
-    """Budget forcing past the sampling budget: when thinking ends, append `marker` and let the
-    model go on for up to `tokens` more, `times` times; answers are forced after each."""
+    """Budget forcing past the sampling budget: after the thinking so far, append the next marker
+    (rotating through `markers`) and let the model go on for up to `tokens` more, `times` times;
+    answers are forced after each."""
 
     times: int = Field(2, ge=0)  # 0: no extrapolation
     tokens: int | None = Field(None, gt=0)  # per continuation; null: the eval sampling budget
-    marker: str = "Wait"
+    markers: list[str] | None = None  # rotated per continuation; null: the episode rule's markers
 
-    @field_validator("marker")
+    @field_validator("markers")
     @classmethod
-    def _non_empty(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("the continuation marker must be non-empty text")
+    def _non_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or any(not marker.strip() for marker in value)):
+            raise ValueError("continuation markers must be a non-empty list of non-empty text")
         return value
 
 

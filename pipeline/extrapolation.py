@@ -1,12 +1,20 @@
 """Extrapolation by budget forcing: does accuracy keep rising past the sampling budget?
 
 MRT's claim is a model that keeps making progress when given more tokens than it was trained
-with. Here a finished trace is not allowed to stop: the continuation marker ("Wait") is
-appended after its thinking (in place of `</think>`) and the model thinks on for up to
-`tokens` more, `times` times; a trace the budget cut off simply continues. After each
-continuation the model is forced to answer (`</think>`, K samples, graded like the
-meta-prover's last prefix). J after e continuations, against the thinking tokens spent,
-extends the accuracy-vs-tokens curve beyond the budget that sampling and training saw.
+with. Here the thinking is not allowed to stop: continuation e (1-based) appends the next marker
+of a rotation (`ExtrapolateConfig.markers`, by default the episode rule's markers: "Wait",
+"But wait", "Alternatively", ..., as the authors rotate theirs) after the thinking so far, in
+place of `</think>`, and the model thinks on for up to `tokens` more, `times` times. Every
+marker opens a new paragraph (a blank line before it where the text does not end in one), also
+after thinking that the budget cut mid-sentence. A continuation that the budget cut loses its
+unfinished last paragraph (its text after its last blank line, when it has one), as in the
+authors' code; the sampled trace is kept whole, so the e = 0 point (its last meta-prover
+prefix) is the start of every extension. After each continuation the model is forced to answer
+(`</think>`, K samples, graded like the meta-prover's last prefix).
+
+Measured: J after e continuations against the tokens spent, and the trace's normalized regret
+at the budget C0 = sampling budget + e * continuation tokens, over the curve of its prefixes
+(`pipeline.regret`) followed by its continuations, in that order.
 """
 
 from __future__ import annotations
@@ -14,30 +22,47 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from statistics import fmean
-from typing import Callable
+from typing import Callable, Sequence
 
 from pipeline.backends.base import Backend, Request, SamplingParams
-from pipeline.config import ExtrapolateConfig, ProverConfig, SampleConfig
+from pipeline.config import EpisodesConfig, ExtrapolateConfig, ProverConfig, SampleConfig
+from pipeline.episodes import paragraph_starts
 from pipeline.grading import Grader
 from pipeline.prover import separator, thinking_ids
+from pipeline.regret import monotone_points, regret_of_points
 from pipeline.sampling import close_offset, request_seed
 from pipeline.templates import THINK_CLOSE, PromptBuilder
+from pipeline.tokens import decode, token_at_or_before, token_char_starts
 
 
 @dataclass
 class _Thread:
-    """One trace being extended: its thinking so far and how the last piece ended."""
+    """One trace being extended: its thinking so far and whether the last piece closed itself."""
 
     trace: dict
     thinking: list[int]
     cut_by_length: bool
 
 
-def _continuation_prefix(thread: _Thread, prompts: PromptBuilder, marker: str) -> list[int]:
-    """Marker ids to append before continuing; none when the budget cut the thinking mid-way."""
-    if thread.cut_by_length:
-        return []
-    return prompts.encode(separator(prompts.tokenizer, thread.thinking) + marker)
+def drop_unfinished_paragraph(tokenizer, ids: list[int], piece_start: int) -> list[int]:
+    """`ids` without the text after the last paragraph break of `ids[piece_start:]`.
+
+    The cut is at the token boundary at or before where that paragraph starts (never inside a
+    character); a piece without a paragraph break is kept whole."""
+    piece = ids[piece_start:]
+    starts = paragraph_starts(decode(tokenizer, piece))
+    if len(starts) < 2:
+        return list(ids)
+    char_starts = token_char_starts(tokenizer, piece)
+    token = token_at_or_before(char_starts, starts[-1])
+    while 0 < token and char_starts[token - 1] == char_starts[token]:
+        token -= 1
+    return list(ids[: piece_start + token])
+
+
+def continuation_markers(config: ExtrapolateConfig, episodes: EpisodesConfig) -> list[str]:
+    """The markers rotated over the continuations: the config's own, else the episode rule's."""
+    return list(config.markers or episodes.markers)
 
 
 def extrapolate_traces(
@@ -50,19 +75,23 @@ def extrapolate_traces(
     prover: ProverConfig,
     grader: Grader,
     on_done: Callable[[int], None] | None = None,
+    markers: Sequence[str] | None = None,
 ) -> list[dict]:
     """Rows of the extrapolation table (`pipeline.tables.EXTRAPOLATION`) for `traces`.
 
-    Every continuation step sends all traces to the backend in one call, then all forced
-    answers in one call, so engines batch across traces.
+    `markers` are rotated over the continuations (default: `continuation_markers` with the
+    default episode rule). Every continuation step sends all traces to the backend in one call,
+    then all forced answers in one call, so engines batch across traces.
     """
+    markers = list(markers or continuation_markers(config, EpisodesConfig()))
     tokens = config.tokens or sample.max_tokens
     threads = [
         _Thread(t, thinking_ids(t), t["thinking_end"] < 0 and t["finish_reason"] == "length") for t in traces
     ]
     rows: list[dict] = []
     for extension in range(1, config.times + 1):
-        prefixes = [_continuation_prefix(thread, prompts, config.marker) for thread in threads]
+        marker = markers[(extension - 1) % len(markers)]
+        prefixes = [prompts.encode(separator(prompts.tokenizer, thread.thinking) + marker) for thread in threads]
         requests = [
             Request(
                 list(thread.trace["prompt_ids"]) + thread.thinking + prefix,
@@ -76,9 +105,12 @@ def extrapolate_traces(
         for thread, prefix, (completion,) in zip(threads, prefixes, continued):
             cut = close_offset(prompts.tokenizer, completion.token_ids)
             new = completion.token_ids if cut < 0 else completion.token_ids[:cut]
+            before = len(thread.thinking) + len(prefix)
             thread.thinking = thread.thinking + prefix + list(new)
             thread.cut_by_length = cut < 0 and completion.finish_reason == "length"
-            added.append(len(prefix) + len(new))
+            if thread.cut_by_length:
+                thread.thinking = drop_unfinished_paragraph(prompts.tokenizer, thread.thinking, before)
+            added.append(len(prefix) + len(thread.thinking) - before)
         answer_requests = [
             Request(
                 list(thread.trace["prompt_ids"]) + thread.thinking
@@ -112,23 +144,47 @@ def extrapolate_traces(
     return rows
 
 
-def extrapolation_curve(prover_rows: list[dict], extension_rows: list[dict]) -> list[dict]:
-    """Mean accuracy and tokens after e = 0..times continuations (e = 0: the traces as sampled).
-
-    Point 0 is each trace's last meta-prover prefix (its whole thinking, closed); the others
-    come from `extrapolate_traces`. Tokens are thinking plus mean answer tokens.
-    """
-    finals: dict[str, dict] = {}
+def extension_points(
+    prover_rows: list[dict], extension_rows: list[dict], sample_budget: float, extension_tokens: float
+) -> dict[str, dict[int, dict]]:
+    """{trace_id: {e: point}} for e = 0 (the trace as sampled: its last prefix) and every
+    continuation: tokens (thinking + mean answer tokens), J, the budget C0 = sample_budget +
+    e * extension_tokens and the normalized regret at C0 of the trace's curve up to point e."""
+    prefixes: dict[str, list[dict]] = defaultdict(list)
     for row in prover_rows:
-        if row["trace_id"] not in finals or row["prefix_index"] > finals[row["trace_id"]]["prefix_index"]:
-            finals[row["trace_id"]] = row
-    points: dict[int, list[tuple[float, float]]] = defaultdict(list)
-    for row in finals.values():
-        points[0].append((row["prefix_tokens"] + row["mean_answer_tokens"], row["j_hat"]))
+        prefixes[row["trace_id"]].append(row)
+    extensions: dict[str, list[dict]] = defaultdict(list)
     for row in extension_rows:
-        points[row["extension"]].append((row["thinking_tokens"] + row["mean_answer_tokens"], row["j_hat"]))
+        extensions[row["trace_id"]].append(row)
+    points: dict[str, dict[int, dict]] = {}
+    for trace_id, rows in prefixes.items():
+        ordered = sorted(rows, key=lambda p: p["prefix_index"])
+        costs = [(p["prefix_tokens"] + p["mean_answer_tokens"], p["j_hat"]) for p in ordered]
+        steps = [(0, costs[-1])] + [
+            (row["extension"], (row["thinking_tokens"] + row["mean_answer_tokens"], row["j_hat"]))
+            for row in sorted(extensions.get(trace_id, []), key=lambda r: r["extension"])
+        ]
+        points[trace_id] = {}
+        for e, (cost, j) in steps:
+            if e:
+                costs.append((cost, j))
+            budget = sample_budget + e * extension_tokens
+            points[trace_id][e] = {"tokens": cost, "j_hat": j, "budget_tokens": budget,
+                                   "regret": regret_of_points(monotone_points(costs), budget)}
+    return points
+
+
+def extrapolation_curve(points: dict[str, dict[int, dict]]) -> list[dict]:
+    """Mean tokens, accuracy and regret over traces after e = 0..times continuations (from
+    `extension_points`; e = 0: the traces as sampled, at the sampling budget)."""
+    by_extension: dict[int, list[dict]] = defaultdict(list)
+    for trace_points in points.values():
+        for e, point in trace_points.items():
+            by_extension[e].append(point)
     return [
-        {"extensions": e, "traces": len(values), "mean_tokens": round(fmean(t for t, _ in values), 3),
-         "accuracy": round(fmean(j for _, j in values), 6)}
-        for e, values in sorted(points.items())
+        {"extensions": e, "traces": len(values), "mean_tokens": round(fmean(p["tokens"] for p in values), 3),
+         "accuracy": round(fmean(p["j_hat"] for p in values), 6),
+         "budget_tokens": int(round(values[0]["budget_tokens"])),
+         "regret": round(fmean(p["regret"] for p in values), 6)}
+        for e, values in sorted(by_extension.items())
     ]

@@ -3,7 +3,8 @@
 Samples `eval.n` traces per eval problem, splits them into episodes, runs the meta-prover
 on every prefix (forced termination at each episode boundary), extends every trace past
 the sampling budget by budget forcing (`eval.extrapolate`), and writes pass@k, maj@k, token
-use, regret, progress and the accuracy-vs-tokens curves (DVC metrics and plots). Traces,
+use, regret, progress and the accuracy-vs-tokens curves (DVC metrics and plots), and one row
+of metrics per problem (`per_problem.json`, for the report's bootstrap intervals). Traces,
 prover rows and extensions are written in resumable shards like the training stages.
 """
 
@@ -12,13 +13,14 @@ from __future__ import annotations
 from pipeline.config import Params
 from pipeline.episodes import split_token_ids
 from pipeline.evaluation import summarize
-from pipeline.extrapolation import extrapolate_traces, extrapolation_curve
+from pipeline.extrapolation import continuation_markers, extrapolate_traces
 from pipeline.io import ShardedWriter, stable_hash, write_json
+from pipeline.majority import grader_equivalence, vote_labels
 from pipeline.models import fingerprint
 from pipeline.prover import prove_traces, thinking_ids
 from pipeline.sampling import sample_traces
 from pipeline.tables import EXTRAPOLATION, PROVER, TRACES
-from stages.common import layout, lazy_policy, open_grader, policy_prompts, rows, write_missing_shards
+from stages.common import layout, lazy_policy, open_grader, policy_prompts, problems_hash, rows, write_missing_shards
 
 
 def run(params: Params, round_index: int, arm: str | None = None) -> str:
@@ -42,9 +44,9 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
 
         write_missing_shards(
             ShardedWriter(paths.eval_traces(round_index), {**base, "sample": sample_config.model_dump(mode="json"),
-                          "problems": stable_hash([(p["problem_id"], p["answer"]) for p in problems])}),
+                          "problems": problems_hash(problems)}),
             problems, sample_config.shard_size, TRACES, sample, lambda c: len(c) * sample_config.n,
-            f"eval sample {name}", engine,
+            f"eval sample {name}", engine, wait=True,  # other nodes' shards are read next
         )
         traces = rows(paths.eval_traces(round_index), TRACES)
         inputs = stable_hash([(t["trace_id"], t["completion_ids"]) for t in traces])
@@ -61,30 +63,32 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
                           "episodes": params.episodes.model_dump(mode="json"), "inputs": inputs}),
             traces, params.prover.shard_size, PROVER, prove,
             lambda c: sum(len(ends.get(t["trace_id"], [])) + 1 for t in c) * params.prover.k,
-            f"eval prove {name}", engine,
+            f"eval prove {name}", engine, wait=True,  # other nodes' shards are read next
         )
+
+        markers = continuation_markers(params.eval.extrapolate, params.episodes)
 
         def extend(chunk, update):
             _, prompts, backend = engine()
             return extrapolate_traces(chunk, answers, backend, prompts, params.eval.extrapolate, sample_config,
-                                      params.prover, grader, update)
+                                      params.prover, grader, update, markers)
 
         write_missing_shards(
             ShardedWriter(paths.eval_extrapolation(round_index), {
-                **base, "extrapolate": params.eval.extrapolate.model_dump(mode="json"), "inputs": inputs,
+                **base, "extrapolate": params.eval.extrapolate.model_dump(mode="json"), "markers": markers, "inputs": inputs,
                 "sample": sample_config.model_dump(mode="json"), "prover": params.prover.model_dump(mode="json")}),
             traces if params.eval.extrapolate.times else [], params.prover.shard_size, EXTRAPOLATION, extend,
-            lambda c: len(c) * params.eval.extrapolate.times * (1 + params.prover.k), f"eval extrapolate {name}", engine,
+            lambda c: len(c) * params.eval.extrapolate.times * (1 + params.prover.k), f"eval extrapolate {name}", engine, wait=True,
         )
+        labels = vote_labels(traces, grader_equivalence(grader))
     prover_rows = rows(paths.eval_prover(round_index), PROVER)
     extension_rows = rows(paths.eval_extrapolation(round_index), EXTRAPOLATION)
-    metrics, curves = summarize(traces, prover_rows, problems, params)
-    curves["extrapolation"] = extrapolation_curve(prover_rows, extension_rows)
-    metrics["extrapolation"] = {str(p["extensions"]): p for p in curves["extrapolation"]}
+    metrics, curves, problem_rows = summarize(traces, prover_rows, problems, params, labels, extension_rows)
     reports = paths.eval_reports(round_index)
     write_json({"round": round_index, "arm": paths.arm if round_index else None, "policy": str(policy), **metrics},
                reports / "metrics.json")
     for curve, points in curves.items():
         write_json(points, reports / f"{curve}.json")
+    write_json(problem_rows, reports / "per_problem.json")
     return (f"eval {name}: pass@1 {metrics['pass@1']:.3f} on {metrics['problems']} problems, "
             f"mean {metrics['mean_tokens']:.0f} tokens, regret {metrics['mean_regret']:.3f}")

@@ -37,7 +37,7 @@ def write_params(workdir: Path, model_dir: Path) -> None:
     params["episodes"].update(window_tokens=8)
     params["prover"].update(k=2, max_answer_tokens=12, shard_size=4)
     params["train"].update(epochs=1, batch_size=2, logging_steps=1)
-    params["eval"].update(n=2, k_values=[1, 2], budget_points=4, extrapolate={"times": 2, "tokens": 8, "marker": "Wait"})
+    params["eval"].update(n=2, k_values=[1, 2], budget_points=4, extrapolate={"times": 2, "tokens": 8, "markers": ["Wait", "But wait"]})
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
 
 
