@@ -2,7 +2,9 @@
 
 It reads only the small JSON metrics and plot files under the metrics folder, so it can be
 rerun at any time (and on another machine) without the data folder. Arms are compared side
-by side: one row (and one curve) per round and arm.
+by side: one row (and one curve) per round and arm, then every headline difference (each arm
+against STaR at the same round, each policy against the base model) with a paired bootstrap
+95 % interval over eval problems (`pipeline.comparison`), also written to `comparison.json`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+
+from pipeline.comparison import CONFIDENCE, RESAMPLES, SEED, compare, comparison_pairs  # noqa: E402
 
 
 def _load(path: Path):
@@ -80,6 +84,36 @@ def _round_rows(arms_dir: Path) -> list[list]:
     return rows
 
 
+def _interval(row: dict) -> str:
+    if row["low"] is None:
+        return "–"
+    return f"[{row['low']:+.3f}, {row['high']:+.3f}]"
+
+
+def _comparison_section(eval_dir: Path, out_dir: Path) -> list[str]:
+    """Markdown lines of the paired comparisons; writes `comparison.json` next to the report."""
+    policies = [(label, folder, _load(folder / "per_problem.json")) for label, folder in eval_policies(eval_dir)]
+    per_problem = {label: rows for label, _, rows in policies if rows}
+    kinds = [(label, folder.relative_to(eval_dir).as_posix()) for label, folder, rows in policies if rows]
+    results, table = [], []
+    for a, b in comparison_pairs(kinds):
+        for row in compare(per_problem[a], per_problem[b]):
+            results.append({"a": a, "b": b, **row})
+            table.append([f"{a} − {b}", row["metric"] + (" (lower is better)" if row["lower_is_better"] else ""),
+                          row["problems"], row["a_value"], row["b_value"], row["difference"], _interval(row),
+                          "yes" if row["excludes_zero"] else "no"])
+    (out_dir / "comparison.json").write_text(json.dumps(
+        {"resamples": RESAMPLES, "seed": SEED, "confidence": CONFIDENCE, "comparisons": results}, indent=2) + "\n")
+    if not table:
+        return []
+    return [f"## Differences with {CONFIDENCE:.0%} bootstrap intervals", "",
+            f"Paired over the eval problems both policies answered: {RESAMPLES} resamples of the problems with "
+            f"replacement (seed {SEED}), the same draw for both sides, percentile interval. Means over problems, "
+            "except tokens per correct (total tokens / total correct samples in each resample). \"excludes 0\" "
+            "marks the differences this eval set resolves; the others are not evidence either way.", "",
+            _table(["A − B", "metric", "problems", "A", "B", "A − B", "95 % interval", "excludes 0"], table), ""]
+
+
 def write_report(metrics_dir: Path, out_dir: Path) -> Path:
     """Write `report.md` and its PNG plots into `out_dir`; returns the Markdown path."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -96,19 +130,22 @@ def write_report(metrics_dir: Path, out_dir: Path) -> Path:
         if not m:
             continue
         ks = sorted(int(key.split("@")[1]) for key in m if key.startswith("pass@"))
-        extra = [p["accuracy"] for p in (_load(folder / "extrapolation.json") or [])]
+        extrapolation = _load(folder / "extrapolation.json") or []
         eval_rows.append([label, m["problems"], *(m.get(f"pass@{k}") for k in ks), *(m.get(f"maj@{k}") for k in ks),
                           m.get("mean_tokens"), m.get("tokens_per_correct"), m.get("mean_regret"), m.get("mean_progress"),
-                          " → ".join(f"{a:.2f}" for a in extra) or None])
+                          " → ".join(f"{p['accuracy']:.2f}" for p in extrapolation) or None,
+                          " → ".join(f"{p['regret']:.2f}" for p in extrapolation if "regret" in p) or None])
         for curve, name in (("accuracy", "accuracy_by_budget"), ("regret", "regret_by_budget"),
                             ("progress", "progress_by_episode"), ("extrapolation", "extrapolation")):
             curves[curve][label] = _load(folder / f"{name}.json") or []
     if eval_rows:
         header = ["policy", "problems", *(f"pass@{k}" for k in ks), *(f"maj@{k}" for k in ks),
-                  "mean tokens", "tokens per correct", "mean regret", "mean progress", "J after 0, 1, .. extensions"]
+                  "mean tokens", "tokens per correct", "mean regret", "mean progress", "J after 0, 1, .. extensions",
+                  "regret at C0 = budget + e extensions"]
         sections += ["## Held-out evaluation (eval split)", "", _table(header, eval_rows), ""]
+        sections += _comparison_section(metrics_dir / "eval", out_dir)
         _plot(curves["accuracy"], "budget_tokens", "accuracy", "Eval accuracy against token budget", out_dir / "accuracy_vs_tokens.png")
-        _plot(curves["extrapolation"], "mean_tokens", "accuracy", "Accuracy past the sampling budget (\"Wait\" forcing)",
+        _plot(curves["extrapolation"], "mean_tokens", "accuracy", "Accuracy past the sampling budget (budget forcing)",
               out_dir / "extrapolation.png")
         _plot(curves["regret"], "budget_tokens", "regret", "Eval normalized regret against budget C0", out_dir / "regret_vs_budget.png")
         _plot(curves["progress"], "episode_index", "progress", "Eval progress per episode", out_dir / "progress_by_episode.png", scatter=True)
