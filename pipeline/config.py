@@ -99,6 +99,7 @@ class ProblemsConfig(Section):
     eval_benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
     decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
     seed: int = 0
+    max_problem_chars: int = Field(20_000, gt=0)  # longer problem or answer texts are rejected (too_long) unread
 
     @model_validator(mode="after")
     def _path_for_files(self) -> "ProblemsConfig":

@@ -5,7 +5,9 @@ when both share a run of `ngram` consecutive tokens (the GPT-3 / Llama style n-g
 13 by default). Tokens are lower-cased words and numbers plus the operators `+ - * / = < > ^`,
 so `1 + 5` and `1 - 5` differ while spacing, `$`, braces and punctuation do not count. A text
 shorter than `ngram` tokens is only checked for the exact match, so short shared phrases
-("What is the value of") are never a hit.
+("What is the value of") are never a hit. Invisible format characters (Unicode category Cf:
+zero-width space and joiner, soft hyphen, BOM, direction marks) never count either, so a copy
+that differs only by them is the same problem.
 """
 
 from __future__ import annotations
@@ -18,17 +20,22 @@ _EXACT_TOKEN = re.compile(r"\w+|[^\w\s]")
 _NGRAM_TOKEN = re.compile(r"\w+|[+\-*/=<>^]")
 
 
-def _canonical(text: str) -> str:
-    return unicodedata.normalize("NFKC", text).lower()
+def fold(text: str) -> str:
+    """NFKC form, lower case, format characters (category Cf) removed: what every key compares."""
+    if text.isascii():  # no format characters, already NFKC
+        return text.lower()
+    text = unicodedata.normalize("NFKC", text)
+    return "".join(c for c in text if unicodedata.category(c) != "Cf").lower()
+
 
 
 def exact_key(text: str) -> str:
     """Text up to case, Unicode form and spacing (`1+5` equals `1 + 5`; `(1+2)*3` differs from `1+2*3`)."""
-    return " ".join(_EXACT_TOKEN.findall(_canonical(text)))
+    return " ".join(_EXACT_TOKEN.findall(fold(text)))
 
 
 def ngram_tokens(text: str) -> list[str]:
-    return _NGRAM_TOKEN.findall(_canonical(text))
+    return _NGRAM_TOKEN.findall(fold(text))
 
 
 def ngrams(tokens: list[str], n: int) -> set[tuple[str, ...]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pipeline.config import Params
 from pipeline.io import write_json, write_table
 from pipeline.models import prepare_base_model
-from stages.common import layout, open_grader
+from stages.common import layout, open_grader, prompt_builder
 
 
 def run_model(params: Params) -> str:
@@ -16,11 +16,18 @@ def run_model(params: Params) -> str:
 
 def run_problems(params: Params) -> str:
     """Write data/problems/{train,eval,rejects}.parquet and the counts to <metrics_dir>/problems.json."""
+    from tqdm.auto import tqdm
+
+    from pipeline.problem_screen import model_screen
     from pipeline.problems import prepare_problems
 
     paths = layout(params)
-    with open_grader(params) as grader:
-        prepared = prepare_problems(params.problems, grader)
+    budget = max(params.sample.max_tokens, params.eval.max_tokens or 0)  # a prompt must leave room for it
+    screen = model_screen(paths.base_model, params.model, lambda tok: prompt_builder(params, tok), budget,
+                          params.backend.max_model_len)
+    target = params.problems.train_size + params.problems.eval_size
+    with open_grader(params) as grader, tqdm(total=target, desc="problems", unit="problem", dynamic_ncols=True) as bar:
+        prepared = prepare_problems(params.problems, grader, screen, bar.update)
     write_table(prepared.train, paths.problems_split("train"))
     write_table(prepared.eval, paths.problems_split("eval"))
     write_table(prepared.rejects, paths.problem_rejects)

@@ -202,20 +202,76 @@ def test_unreadable_files_name_the_path(tmp_path, grader):
         assert name in str(error.value), f"{name}: {error.value}"
 
 
-def test_malformed_jsonl_lines_name_the_line(tmp_path, grader):
+def test_malformed_jsonl_lines_are_rejected_one_by_one_naming_the_line(tmp_path, grader):
+    good = '{"problem": "What is 1+1?", "answer": "2"}\n'
     cases = {
-        "broken.jsonl": ('{"problem": "p", "answer": "1"}\n{"problem": "q", "ans\n', "broken.jsonl:2: not valid JSON"),
-        "list.jsonl": ('{"problem": "p", "answer": "1"}\n\n[1, 2]\n', "list.jsonl:3: expected a JSON object per line, got list"),
-        "string.jsonl": ('"just text"\n', "string.jsonl:1: expected a JSON object per line, got str"),
-        "number.jsonl": ('{"problem": "p", "answer": "1"}\n5\n', "number.jsonl:2: expected a JSON object per line, got int"),
-        "null.jsonl": ("null\n", "null.jsonl:1: expected a JSON object per line, got NoneType"),
-        "hugeint.jsonl": ('{"problem": "p", "answer": ' + "9" * 5000 + "}\n", "hugeint.jsonl:1: not valid JSON"),
+        "broken.jsonl": (good + '{"problem": "q", "ans\n', "broken.jsonl:2: not valid JSON"),
+        "list.jsonl": (good + "\n[1, 2]\n", "list.jsonl:3: expected a JSON object per line, got list"),
+        "string.jsonl": ('"just text"\n' + good, "string.jsonl:1: expected a JSON object per line, got str"),
+        "number.jsonl": (good + "5\n", "number.jsonl:2: expected a JSON object per line, got int"),
+        "null.jsonl": ("null\n" + good, "null.jsonl:1: expected a JSON object per line, got NoneType"),
+        "hugeint.jsonl": ('{"problem": "p", "answer": ' + "9" * 5000 + "}\n" + good, "hugeint.jsonl:1: not valid JSON"),
+        "deep.jsonl": ('{"problem": ' + "[" * 100_000 + "]" * 100_000 + "}\n" + good, "deep.jsonl:1: not valid JSON"),
     }
     for name, (content, message) in cases.items():
         (tmp_path / name).write_text(content)
-        with pytest.raises(ProblemSourceError) as error:
-            load_problems(jsonl_config(tmp_path / name), grader)
-        assert message in str(error.value)
+        train, _, rejects = load_problems(jsonl_config(tmp_path / name), grader)
+        assert train.column("problem").to_pylist() == ["What is 1+1?"], name
+        [reason] = rejects.column("reason").to_pylist()
+        assert reason.startswith("undecodable: ") and message in reason, reason
+    (tmp_path / "only_bad.jsonl").write_text("null\n[1]\n")
+    with pytest.raises(ProblemSourceError, match="only_bad.jsonl:1: expected a JSON object per line"):
+        load_problems(jsonl_config(tmp_path / "only_bad.jsonl"), grader)
+
+
+def test_undecodable_rows_are_rejected_with_file_and_line_and_the_rest_is_used(tmp_path, grader):
+    lines = [
+        b'{"problem": "What is 1+1?", "answer": "2"}',
+        b'{"problem": "What is 2+2?", "answer": "4\xff"}',  # invalid UTF-8 byte
+        b'{"problem": "What is \\ud800 3+3?", "answer": "6"}',  # a lone surrogate (JSON escape)
+        b'{"problem": "What is 4+4?", "answer": "\\udfff"}',
+        b'{"problem": "What is 5+5?", "answer": "10", "id": "\\ud800"}',  # unusable id: a derived one
+    ]
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    train, _, rejects = load_problems(jsonl_config(path), grader)
+    assert sorted(train.column("answer").to_pylist()) == ["10", "2"]
+    reasons = reasons_by_index(rejects)
+    assert reasons[1] == f"undecodable: {path}:2: not valid UTF-8 (byte 0xff at column 41)"
+    assert reasons[2].startswith("undecodable: the problem text is not valid Unicode (lone surrogate at character 8)")
+    assert reasons[3].startswith("undecodable: the answer is not valid Unicode")
+    assert set(reasons) == {1, 2, 3}
+
+
+def test_non_finite_ids_count_as_missing(tmp_path, grader):
+    table = pa.table({"problem": ["What is 1+1?", "What is 2+2?", "What is 3+3?"], "answer": ["2", "4", "6"],
+                      "uid": pa.array([math.nan, math.nan, 7.0])})
+    pq.write_table(table, tmp_path / "ids.parquet")
+    config = ProblemsConfig(source="parquet", path=str(tmp_path / "ids.parquet"), train_size=10, eval_size=0,
+                            columns={"id": "uid"})
+    train, _, rejects = load_problems(config, grader)
+    assert rejects.num_rows == 0  # two NaN ids are no duplicate of each other
+    ids = train.column("problem_id").to_pylist()
+    assert "nan" not in ids and "7.0" in ids and len(set(ids)) == 3
+
+
+def test_oversized_problems_and_golds_that_time_out_are_rejected(tmp_path, grader):
+    rows = [
+        {"problem": "What is 1+1?", "answer": "2"},
+        {"problem": "What is 2+2? " + "x" * 5_000_000, "answer": "4"},  # 5 MB
+        {"problem": "Compute the power tower.", "answer": "10^{10^{10}}"},
+        {"problem": "What is 3+3?", "answer": "6" * 30_000},
+    ]
+    path = write_jsonl(tmp_path / "big.jsonl", rows)
+    train, _, rejects = load_problems(jsonl_config(path), grader)
+    assert train.column("answer").to_pylist() == ["2"]
+    reasons = reasons_by_index(rejects)
+    assert reasons[1].startswith("too long: the problem text has 5000013 characters (problems.max_problem_chars: 20000)")
+    assert reasons[2].startswith("gold answer timed out")
+    assert reasons[3].startswith("too long: the answer has 30000 characters")
+    from pipeline.problems import reason_kind
+
+    assert [reason_kind(reasons[i]) for i in (1, 2)] == ["too_long", "gold_timeout"]
 
 
 def test_missing_path_and_directory(tmp_path, grader):

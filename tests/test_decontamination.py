@@ -176,3 +176,35 @@ def test_generated_pool_is_refilled_after_decontamination(tmp_path, grader):
     duplicates = [r for r in prepared.rejects.to_pylist() if r["source"] == "amc23"]
     assert all(r["reason"].startswith("duplicate of eval problem ") for r in duplicates)
     assert m["eval_by_source"]["amc23"] + len(duplicates) == 40
+
+
+# -- invisible characters -------------------------------------------------------------------
+
+INVISIBLE = ["\u200b", "\u200c", "\u200d", "\u00ad", "\ufeff", "\u2060", "\u200e"]  # ZWSP, ZWNJ, ZWJ, SHY, BOM, WJ, LRM
+
+
+def test_format_characters_never_count():
+    text = "Two marbles are drawn at random without replacement from a bag of seven red and five blue marbles."
+    for mark in INVISIBLE:
+        copy = mark + text.replace("marbles", f"mar{mark}bles").replace(" ", f" {mark}", 3)
+        assert exact_key(copy) == exact_key(text), repr(mark)
+        index = EvalIndex(ngram=13)
+        index.add("e", "math500", text)
+        assert index.find(copy).kind == "exact"
+        index = EvalIndex(ngram=5)
+        index.add("e", "math500", text + " Then what?")
+        assert index.find("Lead-in words here. " + copy).kind == "ngram"
+
+
+def test_copies_differing_by_format_characters_collapse(tmp_path, grader):
+    from pipeline.problems import problem_id
+
+    rows = [{"problem": "What is 12 + 30?", "answer": "42"}]
+    rows += [{"problem": f"What is 1{mark}2 + 3{mark}0?", "answer": "42"} for mark in INVISIBLE]
+    rows.append({"problem": f"What is $2 + 3${INVISIBLE[0]}?", "answer": "5"})  # an eval problem, disguised
+    prepared = prepare_problems(config_for(tmp_path, rows), grader)
+    assert prepared.train.column("source_index").to_pylist() == [0]
+    found = reasons(prepared.rejects)
+    assert all(found[i] == "duplicate of row 0" for i in range(1, len(INVISIBLE) + 1))
+    assert found[len(INVISIBLE) + 1].startswith("contaminated: same text as eval problem")
+    assert problem_id("s", "What is 12 + 30?") == problem_id("s", "What\u200b is 1\u00ad2 + 30?")
