@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.stats import paired_bootstrap
+from pipeline.stats import bootstrap_interval, paired_bootstrap
 
 RESAMPLES = 2000
 SEED = 0
@@ -101,3 +101,17 @@ def comparison_pairs(policies: list[tuple[str, str]]) -> list[tuple[str, str]]:
     for round_index in sorted(by_round, key=int):
         pairs += [(label, base[0]) for _, label in sorted(by_round[round_index].items())] if base else []
     return pairs
+
+
+def level_intervals(rows: list[dict], resamples: int = RESAMPLES, seed: int = SEED, confidence: float = CONFIDENCE) -> dict:
+    """{metric: value and bootstrap interval over problems} of one policy's headline metrics."""
+    out = {}
+    for metric in headline_metrics(rows):
+        keys = [metric.numerator] + ([metric.denominator] if metric.denominator else [])
+        kept = [row for row in rows if all(row.get(key) is not None for key in keys)]
+        if kept:
+            values = ([float(r[metric.numerator]) for r in kept],
+                      [float(r[metric.denominator]) if metric.denominator else 1.0 for r in kept])
+            out[metric.name] = {k: (round(v, 6) if isinstance(v, float) else v)
+                                for k, v in bootstrap_interval(values, resamples, seed, confidence).items()}
+    return out

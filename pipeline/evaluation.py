@@ -18,6 +18,7 @@ import math
 from collections import defaultdict
 from statistics import fmean
 
+from pipeline.comparison import level_intervals
 from pipeline.config import Params
 from pipeline.extrapolation import extension_points, extrapolation_curve
 from pipeline.majority import maj_at_k, vote_labels
@@ -175,4 +176,5 @@ def summarize(
     }
     problem_rows = per_problem(traces, labels, problems, params.eval.k_values,
                                {r["trace_id"]: r["regret"] for r in regrets}, points)
+    metrics["intervals_95"] = level_intervals(problem_rows)
     return metrics, curves, problem_rows

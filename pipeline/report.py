@@ -84,10 +84,12 @@ def _round_rows(arms_dir: Path) -> list[list]:
     return rows
 
 
-def _interval(row: dict) -> str:
-    if row["low"] is None:
+def _cell(row: dict) -> str:
+    """`+0.125 [+0.050, +0.200]`, in bold when the interval excludes 0."""
+    if row["difference"] is None:
         return "–"
-    return f"[{row['low']:+.3f}, {row['high']:+.3f}]"
+    text = f"{row['difference']:+.3f}" + ("" if row["low"] is None else f" [{row['low']:+.3f}, {row['high']:+.3f}]")
+    return f"**{text}**" if row["excludes_zero"] else text
 
 
 def _comparison_section(eval_dir: Path, out_dir: Path) -> list[str]:
@@ -95,23 +97,28 @@ def _comparison_section(eval_dir: Path, out_dir: Path) -> list[str]:
     policies = [(label, folder, _load(folder / "per_problem.json")) for label, folder in eval_policies(eval_dir)]
     per_problem = {label: rows for label, _, rows in policies if rows}
     kinds = [(label, folder.relative_to(eval_dir).as_posix()) for label, folder, rows in policies if rows]
-    results, table = [], []
-    for a, b in comparison_pairs(kinds):
+    results: list[dict] = []
+    pairs = comparison_pairs(kinds)
+    cells: dict[str, dict[tuple[str, str], str]] = {}
+    for a, b in pairs:
         for row in compare(per_problem[a], per_problem[b]):
             results.append({"a": a, "b": b, **row})
-            table.append([f"{a} − {b}", row["metric"] + (" (lower is better)" if row["lower_is_better"] else ""),
-                          row["problems"], row["a_value"], row["b_value"], row["difference"], _interval(row),
-                          "yes" if row["excludes_zero"] else "no"])
+            name = row["metric"] + (" (lower is better)" if row["lower_is_better"] else "")
+            cells.setdefault(name, {})[(a, b)] = _cell(row)
     (out_dir / "comparison.json").write_text(json.dumps(
         {"resamples": RESAMPLES, "seed": SEED, "confidence": CONFIDENCE, "comparisons": results}, indent=2) + "\n")
-    if not table:
+    if not results:
         return []
+    problems = sorted({r["problems"] for r in results})
+    table = [[name, *(by_pair.get(pair, "–") for pair in pairs)] for name, by_pair in cells.items()]
     return [f"## Differences with {CONFIDENCE:.0%} bootstrap intervals", "",
-            f"Paired over the eval problems both policies answered: {RESAMPLES} resamples of the problems with "
-            f"replacement (seed {SEED}), the same draw for both sides, percentile interval. Means over problems, "
-            "except tokens per correct (total tokens / total correct samples in each resample). \"excludes 0\" "
-            "marks the differences this eval set resolves; the others are not evidence either way.", "",
-            _table(["A − B", "metric", "problems", "A", "B", "A − B", "95 % interval", "excludes 0"], table), ""]
+            f"A − B with a paired bootstrap interval over the eval problems both policies answered "
+            f"({'/'.join(map(str, problems))} problems): {RESAMPLES} resamples of the problems with replacement "
+            f"(seed {SEED}), the same draw for both sides, percentile interval. Means over problems, except tokens "
+            "per correct (total tokens / total correct samples in each resample). **Bold**: the interval excludes 0, "
+            "a difference this eval set resolves; the others are not evidence either way. Values per policy: the "
+            "table above; all numbers also in `comparison.json`.", "",
+            _table(["metric", *(f"{a} − {b}" for a, b in pairs)], table), ""]
 
 
 def write_report(metrics_dir: Path, out_dir: Path) -> Path:

@@ -57,3 +57,13 @@ def paired_bootstrap(
     low, high = (float(q) for q in np.quantile(differences, [tail, 1 - tail]))
     return {"difference": None if point is None else float(point), "low": low, "high": high,
             "excludes_zero": bool(low > 0 or high < 0), "problems": n, "resamples": int(valid.sum())}
+
+
+def bootstrap_interval(
+    values: tuple[Sequence[float], Sequence[float]], resamples: int = 2000, seed: int = 0, confidence: float = 0.95
+) -> dict:
+    """Percentile bootstrap interval of sum(numerators) / sum(denominators) over problems: the
+    paired interval against an arm that scores 0 on every problem."""
+    n = len(values[0])
+    result = paired_bootstrap(values, ([0.0] * n, [1.0] * n), resamples, seed, confidence)
+    return {"value": result["difference"], "low": result["low"], "high": result["high"], "problems": n}

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from pipeline.comparison import compare, comparison_pairs, headline_metrics
+from pipeline.comparison import compare, comparison_pairs, headline_metrics, level_intervals
 from pipeline.report import write_report
 from pipeline.stats import paired_bootstrap
 
@@ -99,10 +99,28 @@ def test_report_writes_the_comparison_table_and_json(tmp_path):
             {"extensions": 1, "mean_tokens": 20.0, "accuracy": 0.5, "regret": 0.4}]))
     report = write_report(metrics, tmp_path / "report").read_text()
     assert "## Differences with 95% bootstrap intervals" in report
-    assert "| mrt after 1 round − star after 1 round | pass@1 | 2 | 1.000 | 0.500 | 0.500 | [+0.500, +0.500] | yes |" in report
-    assert "| star after 1 round − base model | pass@1 | 2 | 0.500 | 0.250 | 0.250 |" in report
+    header = "| metric | mrt after 1 round − star after 1 round | mrt after 1 round − base model | star after 1 round − base model |"
+    assert header in report
+    # pass@1: mrt - star = +0.5 on both problems; mrt - base = +1.0, +0.5; star - base = +0.5, 0.
+    line = next(line for line in report.splitlines() if line.startswith("| pass@1 |"))
+    assert line.startswith("| pass@1 | **+0.500 [+0.500, +0.500]** | **+0.750 [+0.500, +1.000]** |")
+    assert line.endswith("| +0.250 [+0.000, +0.500] |")  # includes 0: not bold
+    assert "| regret (lower is better) | **-0.500 [-0.500, -0.500]** |" in report
     assert "0.60 → 0.40" in report  # regret at the budgets past the sampling budget
     saved = json.loads((tmp_path / "report" / "comparison.json").read_text())
     assert saved["resamples"] == 2000 and len(saved["comparisons"]) == 3 * 6
     assert {(c["a"], c["b"]) for c in saved["comparisons"]} == {
         ("mrt after 1 round", "star after 1 round"), ("mrt after 1 round", "base model"), ("star after 1 round", "base model")}
+
+
+def test_level_intervals_of_one_policy():
+    rows = problem_rows({"p1": 0.5, "p2": 0.5, "p3": 0.5})
+    levels = level_intervals(rows, resamples=200)
+    assert levels["pass@1"] == {"value": 0.5, "low": 0.5, "high": 0.5, "problems": 3}  # constant: no spread
+    assert levels["tokens per correct"]["value"] == 20.0
+    rows[0]["pass@1"] = 1.0
+    spread = level_intervals(rows, resamples=2000)["pass@1"]
+    assert spread["value"] == pytest.approx(2 / 3)
+    # A resample's pass@1 is 0.5 + 0.5 * (copies of p1) / 3, copies ~ Binomial(3, 1/3): P(0) = 8/27 > 2.5 %
+    # and P(3) = 1/27 > 2.5 %, so the interval runs from 0 copies to 3 copies.
+    assert spread["low"] == 0.5 and spread["high"] == 1.0
