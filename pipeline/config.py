@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.heldout import check_name
 from pipeline.templates import FAMILIES
 
 
@@ -58,7 +59,7 @@ class ReasoningGymConfig(Section):
 
 
 class BenchmarkConfig(Section):
-    """A held-out benchmark added to the eval split (`pipeline.benchmarks`): read from `path`
+    """A held-out benchmark added to the eval split (`pipeline.heldout`): read from `path`
     (parquet, jsonl or a save_to_disk folder) when given, else from the hub; `limit` caps how
     many of its problems are used (a seeded sample), because every eval problem costs `eval.n`
     samples plus the meta-prover; null uses them all."""
@@ -72,8 +73,6 @@ class BenchmarkConfig(Section):
     @field_validator("name")
     @classmethod
     def _known(cls, value: str) -> str:
-        from pipeline.benchmarks import check_name
-
         return check_name(value)
 
 

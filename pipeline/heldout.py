@@ -15,12 +15,25 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from pipeline.problem_files import ProblemSourceError, RawRow, available_columns, local_records, map_columns
 
-if TYPE_CHECKING:
-    from pipeline.config import BenchmarkConfig
+
+class _Columns(Protocol):
+    problem: str
+    answer: str
+    id: str | None
+
+
+class BenchmarkConfig(Protocol):
+    """What is read of a `pipeline.config.BenchmarkConfig` (a protocol, so this module does not
+    import the config, which imports `check_name` from here to validate names)."""
+
+    name: str
+    path: str | None
+    split: str | None
+    columns: _Columns | None
 
 
 @dataclass(frozen=True)
@@ -91,7 +104,7 @@ def check_name(name: str) -> str:
     return name
 
 
-def _layouts(benchmark: Benchmark, config: "BenchmarkConfig") -> tuple[ColumnLayout, ...]:
+def _layouts(benchmark: Benchmark, config: BenchmarkConfig) -> tuple[ColumnLayout, ...]:
     if config.columns is not None:
         return (ColumnLayout(config.columns.problem, config.columns.answer, config.columns.id),)
     return _GENERIC + tuple(h.layout for h in benchmark.hub)
@@ -153,7 +166,7 @@ def _hub_records(benchmark: Benchmark, split: str | None, key: str) -> tuple[lis
     )
 
 
-def load_benchmark(config: "BenchmarkConfig", key: str = "problems.eval_benchmarks") -> LoadedBenchmark:
+def load_benchmark(config: BenchmarkConfig, key: str = "problems.eval_benchmarks") -> LoadedBenchmark:
     """All rows of one benchmark, mapped to `problem`/`answer`/`id`; errors name the benchmark and what was tried."""
     benchmark = BENCHMARKS[check_name(config.name)]
     key = f"{key}[{config.name}]"

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.benchmarks import BENCHMARKS, load_benchmark, prose_issue
+from pipeline.heldout import BENCHMARKS, load_benchmark, prose_issue
 from pipeline.config import BenchmarkConfig, ConfigError, ProblemsConfig, load_params
 from pipeline.evaluation import sample_metrics
 from pipeline.evaluation import metrics_by_source
