@@ -1,10 +1,15 @@
 """The meta-prover: how often the model answers correctly if forced to stop after each prefix.
 
 For a trace with E episodes there are E+1 prefixes: j = 0 is an empty thinking block,
-j = 1..E-1 end at an episode boundary, and both are followed by the forced-termination
-text; j = E is the whole thinking block closed with `</think>` only. K answers are sampled
-after every prefix and only the answers are graded. All prefixes of all traces in a shard
-go to the backend in one call, so engines can share work between them.
+j = 1..E-1 end at an episode boundary, and both are followed by a blank line (where the
+text does not already end in one) and the forced-termination text. j = E is the whole
+thinking block: for a trace that closed its thinking, the model's own ids through its own
+`</think>`, nothing inserted; for an unclosed trace (cut by the budget) the separator and
+`</think>` close it. K answers are sampled after every prefix and only the answers are
+graded. Each answer's finish reason is kept: the solution offered to selection is the
+first correct answer that ended on its own (EOS), never one cut by `max_answer_tokens`.
+All prefixes of all traces in a shard go to the backend in one call, so engines can
+share work between them.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ from typing import Callable
 from pipeline.backends.base import Backend, Request, SamplingParams
 from pipeline.config import ProverConfig
 from pipeline.grading import Grader, default_grader
-from pipeline.sampling import request_seed
+from pipeline.sampling import THINK_OPEN_TAG, close_span, request_seed
 from pipeline.stats import wilson_interval
-from pipeline.templates import PromptBuilder
+from pipeline.templates import THINK_CLOSE, PromptBuilder
 from pipeline.tokens import decode
 
 
@@ -43,18 +48,58 @@ def separator(tokenizer, ids: list[int]) -> str:
     return "" if tail.endswith("\n\n") else "\n" if tail.endswith("\n") else "\n\n"
 
 
+def own_close_ids(trace: dict, tokenizer) -> list[int]:
+    """The ids a closed trace wrote from the end of its thinking through its `</think>`.
+
+    Where the token that ends the tag also holds answer text (SmolLM2 merges `>\\` when the
+    answer follows with no space), the trace's own text through the tag is encoded instead:
+    still nothing the model did not write, and no answer character leaks into the prefix."""
+    ids = list(trace["completion_ids"])
+    span = close_span(tokenizer, ids)
+    if span is None or span[0] != trace["thinking_end"]:
+        raise ValueError(f"trace {trace['trace_id']}: thinking_end {trace['thinking_end']} does not mark its `</think>`")
+    own = ids[span[0] : span[1]]
+    text = decode(tokenizer, own)
+    if text.endswith(THINK_CLOSE):
+        return own
+    return list(tokenizer(text[: text.index(THINK_CLOSE) + len(THINK_CLOSE)], add_special_tokens=False)["input_ids"])
+
+
+def closing_ids(trace: dict, thinking_tokens: int, forced: bool, prompts: PromptBuilder, forced_text: bool = True) -> list[int]:
+    """What follows the first `thinking_tokens` thinking ids in a prefix (and in its target).
+
+    The whole thinking of a closed trace (`not forced`): its own `</think>` ids. A cut prefix:
+    separator + forced-stop text (or `</think>\\n\\n` when `forced_text` is False, the target's
+    default). The whole thinking of an unclosed trace: separator + `</think>\\n\\n`."""
+    thinking = thinking_ids(trace)
+    if not forced and trace["thinking_end"] is not None and trace["thinking_end"] >= 0:
+        if thinking_tokens != len(thinking):
+            raise ValueError(f"trace {trace['trace_id']}: an unforced prefix must keep all {len(thinking)} thinking tokens")
+        return own_close_ids(trace, prompts.tokenizer)
+    text = prompts.forced_stop_text if forced and forced_text else prompts.close_text
+    return prompts.encode(separator(prompts.tokenizer, thinking[:thinking_tokens]) + text)
+
+
 def build_prefixes(trace: dict, episode_ends: list[int], prompts: PromptBuilder) -> list[Prefix]:
     """Prefixes j = 0..E of one trace; `episode_ends` are the episodes' token ends."""
-    thinking = thinking_ids(trace)
-    prefixes = [Prefix(0, 0, tuple(prompts.forced_stop_ids), True)]
+    n_thinking = len(thinking_ids(trace))
+    prefixes = [Prefix(0, 0, tuple(closing_ids(trace, 0, True, prompts)), True)]
     for j, end in enumerate(episode_ends, start=1):
-        if j < len(episode_ends):
-            tail = prompts.encode(separator(prompts.tokenizer, thinking[:end]) + prompts.forced_stop_text)
-            prefixes.append(Prefix(j, end, tuple(tail), True))
-        else:
-            tail = prompts.encode(separator(prompts.tokenizer, thinking) + prompts.close_text)
-            prefixes.append(Prefix(j, len(thinking), tuple(tail), False))
+        forced = j < len(episode_ends)
+        tokens = end if forced else n_thinking
+        prefixes.append(Prefix(j, tokens, tuple(closing_ids(trace, tokens, forced, prompts)), forced))
     return prefixes
+
+
+def is_solution(completion, grade) -> bool:
+    """A forced answer that may close an SFT target: correct, ended on its own (not cut by
+    `max_answer_tokens`), and one answer only (it opens or closes no thinking block)."""
+    return (
+        grade.correct
+        and completion.finish_reason == "stop"
+        and THINK_CLOSE not in completion.text
+        and THINK_OPEN_TAG not in completion.text
+    )
 
 
 @dataclass
@@ -160,7 +205,7 @@ def prove_traces(
 
 
 def _row(job: _Job, config: ProverConfig) -> dict:
-    first_correct = next((c for c, g in zip(job.completions, job.grades) if g.correct), None)
+    solution = next((c for c, g in zip(job.completions, job.grades) if is_solution(c, g)), None)
     low, high = wilson_interval(job.n_correct, job.n, config.confidence)
     return {
         "trace_id": job.trace["trace_id"],
@@ -172,10 +217,11 @@ def _row(job: _Job, config: ProverConfig) -> dict:
         "n_samples": job.n,
         "n_correct": job.n_correct,
         "n_unparsed": sum(g.grade == "unparsed" for g in job.grades),
+        "n_length_cut": sum(c.finish_reason == "length" for c in job.completions),
         "j_hat": job.n_correct / job.n,
         "j_low": low,
         "j_high": high,
         "mean_answer_tokens": sum(c.n_tokens for c in job.completions) / job.n,
-        "correct_answer": first_correct.text if first_correct else None,
-        "correct_answer_ids": first_correct.token_ids if first_correct else None,
+        "correct_answer": solution.text if solution else None,
+        "correct_answer_ids": list(solution.token_ids) if solution else None,
     }

@@ -41,9 +41,10 @@ TRACES = pa.schema(
         ("n_tokens", pa.int32()),
         ("finish_reason", pa.string()),  # stop | length
         ("thinking_end", pa.int32()),  # token offset where `</think>` starts; -1 when never closed
-        ("answer_text", pa.string()),  # what the grader saw (after `</think>`)
+        ("answer_text", pa.string()),  # what the grader saw (after the only `</think>`); null when not well formed
         ("extracted", pa.string()),  # the extracted final answer, null when none
         ("grade", pa.string()),  # correct | incorrect | unparsed
+        ("grade_reason", pa.string()),  # why unparsed: unclosed_thinking, multiple_think_close, think_open_in_answer, or the grader's
         ("correct", pa.bool_()),
         ("model", pa.string()),
     ]
@@ -73,12 +74,13 @@ PROVER = pa.schema(
         ("n_samples", pa.int32()),
         ("n_correct", pa.int32()),
         ("n_unparsed", pa.int32()),
+        ("n_length_cut", pa.int32()),  # answers cut by max_answer_tokens (never used as the solution)
         ("j_hat", pa.float64()),
         ("j_low", pa.float64()),
         ("j_high", pa.float64()),
         ("mean_answer_tokens", pa.float64()),
-        ("correct_answer", pa.string()),  # one correct sampled answer, null when none
-        ("correct_answer_ids", ids),
+        ("correct_answer", pa.string()),  # the first correct answer that ended on its own (EOS), null when none
+        ("correct_answer_ids", ids),  # its ids exactly as generated (no EOS added)
     ]
 )
 

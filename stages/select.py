@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from pipeline.config import Params
 from pipeline.io import write_json, write_table
 from pipeline.metrics import j_by_prefix, round_metrics
@@ -19,13 +21,14 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
     problems = {p["problem_id"]: p for p in rows(paths.problems_split("train"))}
     prompts = policy_prompts(params, round_index, arm)
     method = paths.arm  # an arm is named after its selection rule
+    drops: Counter = Counter()
     if method == "mrt":
-        selected = select_mrt(traces, prover_rows, regrets, problems, prompts, params.select)
+        selected = select_mrt(traces, prover_rows, regrets, problems, prompts, params.select, drops)
     else:
-        selected = select_star(traces, regrets, problems, prompts, params.select)
+        selected = select_star(traces, regrets, problems, prompts, params.select, drops)
     write_table(from_rows(selected, SELECTED), paths.selected(round_index))
     progress_rows = rows(paths.progress(round_index), PROGRESS)
-    metrics = round_metrics(traces, progress_rows, regret_rows, selected, method)
+    metrics = round_metrics(traces, progress_rows, regret_rows, selected, method, drops, prover_rows)
     write_json({"round": round_index, "arm": paths.arm, **metrics}, paths.metrics(round_index))
     write_json(j_by_prefix(prover_rows), paths.plots(round_index) / "j_by_prefix.json")
     return f"{paths.arm} round {round_index}: kept {len(selected)} of {len(traces)} traces"

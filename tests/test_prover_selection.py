@@ -1,3 +1,5 @@
+from collections import Counter
+
 from pipeline.config import ProverConfig, SelectConfig
 from pipeline.prover import build_prefixes, prove_traces
 from pipeline.regret import trace_regret
@@ -11,7 +13,7 @@ def make_trace(tokenizer, prompts, thinking="I add the numbers.\n\nThe sum is 2.
     return {
         "trace_id": "p1-r0-s0", "problem_id": "p1", "round": 0, "sample_index": 0, "model": "tiny",
         "prompt_ids": prompts.sampling_prompt_ids("Calculate 1 + 1."), "completion_ids": completion_ids,
-        "thinking_end": len(thinking_ids), "correct": True,
+        "thinking_end": len(thinking_ids), "correct": True, "finish_reason": "stop",
     }
 
 
@@ -24,7 +26,9 @@ def test_prefixes_cover_empty_boundaries_and_full_thinking(tokenizer):
     assert prefixes[0].thinking_tokens == 0 and prefixes[0].forced
     assert prefixes[1].thinking_tokens == 5 and prefixes[1].forced
     assert tokenizer.decode(list(prefixes[1].tail_ids)).lstrip("\n").startswith("Time is up.")
-    assert not prefixes[2].forced and tokenizer.decode(list(prefixes[2].tail_ids)).strip() == "</think>"
+    # j = E of a closed trace: the trace's own `</think>` ids, nothing added before or after.
+    assert not prefixes[2].forced and list(prefixes[2].tail_ids) == trace["completion_ids"][trace["thinking_end"] : trace["thinking_end"] + 3]
+    assert tokenizer.decode(list(prefixes[2].tail_ids)) == "</think>"
 
 
 def test_prover_grades_answers_and_selection_truncates(tokenizer, tiny_backend):
@@ -40,7 +44,11 @@ def test_prover_grades_answers_and_selection_truncates(tokenizer, tiny_backend):
 
     regret = trace_regret(rows, [64.0])
     problems = {"p1": {"problem_id": "p1", "problem": "Calculate 1 + 1."}}
-    selected = select_mrt([trace], rows, {trace["trace_id"]: regret}, problems, prompts, SelectConfig())
+    drops = Counter()
+    default = select_mrt([trace], rows, {trace["trace_id"]: regret}, problems, prompts, SelectConfig(), drops)
+    if regret["best_prefix"] == 0:  # empty thinking: dropped and counted by default
+        assert default == [] and drops == Counter(empty_thinking=1)
+    selected = select_mrt([trace], rows, {trace["trace_id"]: regret}, problems, prompts, SelectConfig(empty_thinking="keep"))
     assert len(selected) == 1
     best = next(r for r in rows if r["prefix_index"] == regret["best_prefix"])
     target = selected[0]["completion_ids"]
@@ -56,7 +64,7 @@ def test_selection_skips_traces_without_a_correct_answer_at_the_best_prefix(toke
     trace = make_trace(tokenizer, prompts)
     rows = [
         {"trace_id": trace["trace_id"], "problem_id": "p1", "prefix_index": j, "n_episodes": 1, "prefix_tokens": t,
-         "forced": j == 0, "n_samples": 4, "n_correct": 0, "j_hat": 0.0, "mean_answer_tokens": 5.0,
+         "forced": j == 0, "n_samples": 4, "n_correct": 0, "n_length_cut": 0, "j_hat": 0.0, "mean_answer_tokens": 5.0,
          "correct_answer": None, "correct_answer_ids": None}
         for j, t in ((0, 0), (1, trace["thinking_end"]))
     ]
