@@ -177,9 +177,12 @@ class EpisodesConfig(Section):
     @field_validator("regex")
     @classmethod
     def _valid_regex(cls, value: str) -> str:
+        import regex  # what `pipeline.episodes` runs it with, under a time limit
+
         try:
             re.compile(value)
-        except re.error as error:
+            regex.compile(value)
+        except (re.error, regex.error) as error:
             raise ValueError(f"not a valid regular expression: {error}") from None
         return value
 
@@ -257,7 +260,7 @@ class GradingConfig(Section):
         default_factory=lambda: ["final_answer_is", "answer_colon"]
     )
     timeout_seconds: float = Field(3.0, gt=0, le=600)
-    workers: int = Field(2, ge=0, le=64)
+    workers: int = Field(2, ge=1, le=64)  # >= 1: the time limit is enforced by killing a worker
     cache_size: int = Field(100_000, ge=0)
 
 
@@ -283,9 +286,6 @@ class SelectConfig(Section):
     per_problem: int = Field(1, gt=0)
     keep_forced_stop_text: bool = False
     min_gain: float | None = None
-    # j* = 0 (or a STaR trace with empty thinking) would train `<think>\n</think>` + answer:
-    # drop it (default: it made no progress; docs/method.md), cut at the best non-empty prefix, or keep.
-    empty_thinking: Literal["drop", "best_nonempty", "keep"] = "drop"
 
 
 class TrainConfig(Section):
@@ -336,6 +336,19 @@ class Params(Section):
         if arm not in self.arms:
             raise ConfigError(f"arm {arm!r} is not listed in arms: {self.arms} (add it to `arms` in the parameters file)")
         return arm
+
+    def warnings(self) -> list[str]:
+        """Values that are valid but silently drop work; the CLI prints them before every command."""
+        found = []
+        skipped = sorted(k for k in set(self.eval.k_values) if k > self.eval.n)
+        if skipped:
+            found.append(f"eval.k_values: pass@k and maj@k for k = {skipped} are skipped: eval.n is {self.eval.n} "
+                         "samples per problem (raise eval.n to at least the largest k)")
+        if self.train.max_length < self.sample.max_tokens:
+            found.append(f"train.max_length ({self.train.max_length}) is shorter than sample.max_tokens "
+                         f"({self.sample.max_tokens}): SFT drops every target longer than it (prompt + thinking + "
+                         "answer), so long traces are sampled and proved but never trained on")
+        return found
 
 
 def _format_errors(error: ValidationError, source: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -33,21 +34,51 @@ ArmOption = typer.Option(
 
 _EXPECTED_ERRORS = (ConfigError, ModelNotFoundError, ProblemSourceError, FileNotFoundError, ValueError, LaunchError)
 
+# Failures of the machine or the input rather than of the code: a one-line message, exit code 2.
+_ENVIRONMENT_ERRORS = (OSError, RecursionError, MemoryError)
+
+
+def _say(message: str, color: str, err: bool = False) -> None:
+    """Print even text the terminal cannot encode (a lone surrogate, a non-UTF-8 locale): escaped, never a traceback."""
+    stream = sys.stderr if err else sys.stdout
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    typer.secho(message.encode(encoding, "backslashreplace").decode(encoding), fg=color, err=err)
+
+
+def _describe(error: BaseException, params: Params | None) -> str:
+    """What went wrong, naming the path: an OSError carries it when the failing call had one;
+    otherwise (a write that hit a full disk) the command's output folders are named."""
+    if isinstance(error, OSError) and error.strerror:
+        paths = " -> ".join(str(p) for p in (error.filename, error.filename2) if p is not None)
+        if paths:
+            return f"{error.strerror}: {paths}"
+        where = f" (writing under data_dir={params.data_dir}, metrics_dir={params.metrics_dir})" if params else ""
+        return f"{error.strerror}{where}"
+    if isinstance(error, RecursionError):
+        return f"input nested too deeply to read ({error})"
+    if isinstance(error, MemoryError):
+        return "out of memory" + (f": {error}" if str(error) else "")
+    return str(error)
+
+
 
 def _run(params_file: Path | None, overrides: list[str] | None, action: Callable[[Params], str]) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    params = None
     try:
         if params_file is not None and not params_file.is_file():
             raise ConfigError(f"--params {params_file}: no such file")  # only ./params.yaml may be absent
         params = load_params(params_file or DEFAULT_PARAMS, overrides or [])
+        for warning in params.warnings():
+            _say(f"warning: {warning}", typer.colors.YELLOW, err=True)
         message = action(params)
-    except _EXPECTED_ERRORS as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+    except _EXPECTED_ERRORS + _ENVIRONMENT_ERRORS as error:
+        _say(f"error: {_describe(error, params)}", typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None
     except KeyboardInterrupt:
-        typer.secho("interrupted: completed shards are kept; rerun to resume", fg=typer.colors.YELLOW, err=True)
+        _say("interrupted: completed shards are kept; rerun to resume", typer.colors.YELLOW, err=True)
         raise typer.Exit(code=130) from None
-    typer.secho(message, fg=typer.colors.GREEN)
+    _say(message, typer.colors.GREEN)
 
 
 @app.command("prepare-model")
@@ -115,8 +146,8 @@ def grade(
     try:
         with Grader(workers=workers, timeout_seconds=timeout) as grader:
             counts = grade_file(input_path, output, gold_column, prediction_column, extract, grader)
-    except GradeFileError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+    except (GradeFileError, *_ENVIRONMENT_ERRORS) as error:
+        _say(f"error: {_describe(error, None)}", typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None
     summary = ", ".join(f"{key} {value}" for key, value in sorted(counts.items()))
     typer.secho(f"graded {sum(counts[k] for k in ('correct', 'incorrect', 'unparsed'))} rows -> {output} ({summary})", fg=typer.colors.GREEN)

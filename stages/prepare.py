@@ -26,8 +26,19 @@ def run_problems(params: Params) -> str:
     screen = model_screen(paths.base_model, params.model, lambda tok: prompt_builder(params, tok), budget,
                           params.backend.max_model_len)
     target = params.problems.train_size + params.problems.eval_size
-    with open_grader(params) as grader, tqdm(total=target, desc="problems", unit="problem", dynamic_ncols=True) as bar:
-        prepared = prepare_problems(params.problems, grader, screen, bar.update)
+    bars: list = []  # opened at the first usable problem: a source that fails to read prints only its error
+
+    def found(n: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=target, desc="usable problems", unit="problem", dynamic_ncols=True))
+        bars[0].update(n)
+
+    try:
+        with open_grader(params) as grader:
+            prepared = prepare_problems(params.problems, grader, screen, found)
+    finally:
+        for bar in bars:
+            bar.close()
     write_table(prepared.train, paths.problems_split("train"))
     write_table(prepared.eval, paths.problems_split("eval"))
     write_table(prepared.rejects, paths.problem_rejects)

@@ -402,6 +402,7 @@ def test_cli_bad_parameters_file(tmp_path, text, message):
         ("sample.temprature=0.5", "sample.temprature: unknown key"),
         ("prover.k=two", "prover.k: Input should be a valid integer"),
         ("grading.workers=1000", "grading.workers: Input should be less than or equal to 64"),
+        ("grading.workers=0", "grading.workers: Input should be greater than or equal to 1"),
         ("sample.n={", "sample.n: the value is not valid YAML"),
         ("sample", "must look like key.path=value"),
     ],
@@ -464,6 +465,56 @@ def test_cli_wrong_column_lists_the_available_ones(tmp_path):
         "--set", "problems.source=jsonl", "--set", f"problems.path={path}", "--set", "problems.columns.problem=question",
     )
     assert_clean_failure(result, "problems.columns", "'answer'", "question", "solution")
+
+
+def test_cli_unwritable_data_dir_names_the_path(tmp_path, tiny_model_dir):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")  # as root, chmod stops no write: a path under a regular file does
+    result = invoke(
+        "prepare-problems", "--params", empty_params(tmp_path), "--set", f"data_dir={blocker / 'data'}",
+        "--set", f"model.name_or_path={tiny_model_dir}", "--set", "problems.train_size=4", "--set", "problems.eval_size=2",
+    )
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output  # before the error: only the progress bar
+    assert result.output.strip().splitlines()[-1] == f"error: Not a directory: {blocker / 'data' / 'problems'}"
+
+
+def test_cli_full_disk_names_the_output_folders(tmp_path, monkeypatch):
+    import errno
+
+    from stages import prepare
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prepare, "prepare_base_model", full)
+    result = invoke("prepare-model", "--params", empty_params(tmp_path), "--set", f"data_dir={tmp_path / 'd'}")
+    assert_clean_failure(result, "No space left on device", f"data_dir={tmp_path / 'd'}", "metrics_dir=metrics")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"gold": "2", "prediction": ' + "[" * 100_000 + "]" * 100_000 + "}\n", "line 1: not valid JSON (nested too deeply)"),
+        ('{"gold": "2", "prediction": "x"}\n{"gold": "2", "prediction": "\\ud800 \\\\boxed{2}"}\n',
+         "line 2: text that is not valid Unicode"),
+    ],
+)
+def test_cli_grade_hostile_rows_name_the_line(tmp_path, content, message):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(content)
+    result = invoke("grade", str(path), "--workers", "1")
+    assert_clean_failure(result, str(path), message)
+    assert not (tmp_path / "rows.graded.parquet").exists()
+
+
+def test_cli_warns_where_a_value_drops_work(tmp_path):
+    result = invoke("show-params", "--params", empty_params(tmp_path), "--set", "eval.k_values=[1,8,16]",
+                    "--set", "eval.n=4", "--set", "train.max_length=64", "--set", "sample.max_tokens=256")
+    assert result.exit_code == 0, result.output
+    assert "warning: eval.k_values: pass@k and maj@k for k = [8, 16] are skipped: eval.n is 4" in result.output
+    assert "warning: train.max_length (64) is shorter than sample.max_tokens (256)" in result.output
+    assert "warning" not in invoke("show-params", "--params", empty_params(tmp_path)).output
 
 
 def test_real_entry_point_prints_no_traceback(tmp_path):

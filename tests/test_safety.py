@@ -398,3 +398,36 @@ def test_stages_write_nothing_outside_their_roots(tmp_path, monkeypatch, smol_to
     for path in _files(tmp_path):
         assert path.is_relative_to(data) or path.is_relative_to(metrics), path
     assert {p.name for p in new} >= {"episodes.parquet", "progress.parquet", "regret.parquet"}
+
+
+# -- parameters that could hang a stage -------------------------------------------------------
+
+
+@pytest.mark.parametrize("pattern", [r"(a+)+$", r"(a|a)+$", r"(a|aa)+$"])
+def test_a_catastrophic_episode_regex_stops_with_a_message(pattern):
+    import time
+
+    from pipeline.config import EpisodesConfig
+    from pipeline.episodes import RegexTimeoutError, regex_boundaries
+
+    config = EpisodesConfig(rule="regex", regex=pattern)
+    start = time.monotonic()
+    with pytest.raises(RegexTimeoutError, match=r"episodes\.regex: .* ran over 0\.2 s .*\(catastrophic backtracking"):
+        regex_boundaries("Think.\n\n" + "a" * 5000 + "!", config, seconds=0.2)
+    assert time.monotonic() - start < 10  # Python's `re` takes longer than the age of the universe here
+
+
+def test_the_regex_limit_keeps_every_match_of_a_sane_pattern():
+    from pipeline.config import EpisodesConfig
+    from pipeline.episodes import regex_boundaries
+
+    text = "Start.\n" + "".join(f"Backtrack to Line {i}\nstep\n" for i in range(60))
+    found = regex_boundaries(text, EpisodesConfig(rule="regex", max_episodes=50), seconds=0.5)
+    assert len(found) == 50 and found[0] == (7, "Backtrack to Line 0")
+
+
+def test_grading_needs_a_worker_for_its_time_limit():
+    from pipeline.config import ConfigError, load_params
+
+    with pytest.raises(ConfigError, match="grading.workers: Input should be greater than or equal to 1"):
+        load_params("/nonexistent.yaml", ["grading.workers=0"])

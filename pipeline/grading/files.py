@@ -43,8 +43,14 @@ def read_rows(path: Path) -> list[dict]:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
                 raise GradeFileError(f"{path}, line {number}: not valid JSON ({error.msg})") from error
+            except RecursionError:
+                raise GradeFileError(f"{path}, line {number}: not valid JSON (nested too deeply)") from None
             if not isinstance(row, dict):
                 raise GradeFileError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+            try:  # a `\ud800` escape decodes to a lone surrogate, which no output can hold
+                json.dumps(row, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise GradeFileError(f"{path}, line {number}: text that is not valid Unicode ({error.reason})") from None
             rows.append(row)
     return rows
 
