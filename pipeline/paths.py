@@ -105,3 +105,32 @@ class Layout:
     def policy(self, r: int) -> Path:
         """The model that samples round r: the base model in round 0, else the arm's round r-1 model."""
         return self.base_model if r == 0 else self.model(r - 1)
+
+
+def writer_command(path: str | Path) -> str:
+    """The `mrt` command that writes `path` (a file or folder of the layout above), for error messages.
+
+    Worked out from the path alone, so a reader can name it without the parameters; an unknown
+    path gets a generic phrase.
+    """
+    parts = Path(path).parts
+    name = parts[-1] if parts else ""
+    if "problems" in parts[-2:]:
+        return "mrt prepare-problems"
+    if name == "base_model":
+        return "mrt prepare-model"
+    if "eval" in parts:
+        rest = parts[parts.index("eval") + 1 :]
+        if rest and rest[0] == "base":
+            return "mrt evaluate -r 0"
+        if len(rest) >= 2:
+            return f"mrt evaluate -r {rest[1]} --arm {rest[0]}"
+    if "rounds" not in parts:
+        return "the stage that writes it"
+    at = len(parts) - 1 - parts[::-1].index("rounds")
+    round_index = parts[at + 1] if at + 1 < len(parts) else "?"
+    arm = f" --arm {parts[at - 1]}" if at >= 2 and parts[at - 2] == "arms" else ""
+    step = parts[at + 2] if at + 2 < len(parts) else ""
+    stage = {"traces": "sample", "episodes.parquet": "split", "prover": "prove", "progress.parquet": "score",
+             "regret.parquet": "score", "selected.parquet": "select", "model": "train", "export": "export"}.get(step)
+    return f"mrt {stage} -r {round_index}{arm}" if stage else "the stage that writes it"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -12,8 +14,8 @@ from tqdm.auto import tqdm
 from pipeline.backends import make_backend
 from pipeline.config import Params
 from pipeline.grading import Grader
-from pipeline.io import ShardedWriter, chunked, read_table
-from pipeline.models import ModelRef, load_tokenizer, resolve
+from pipeline.io import ShardedWriter, chunked, read_table, stable_hash
+from pipeline.models import ModelRef, load_tokenizer, resolve_output
 from pipeline.paths import Layout
 from pipeline.tables import from_rows
 from pipeline.templates import PromptBuilder
@@ -28,13 +30,23 @@ def rows(path: Path, schema=None) -> list[dict]:
     return read_table(path, schema).to_pylist()
 
 
+def problems_hash(problems: list[dict]) -> str:
+    """What sampling reads from the problems: ids, answers and the texts that become the prompts
+    (an edited text resamples; the template and tokenizer enter through the model and code version)."""
+    return stable_hash([(p["problem_id"], p["answer"], p["problem"]) for p in problems])
+
+
 def policy_ref(params: Params, round_index: int, arm: str | None = None) -> ModelRef:
-    """What to load for the model that samples this round."""
-    return resolve(layout(params, arm).policy(round_index), params.model.trust_remote_code)
+    """What to load for the model that samples this round (refused unless its folder is marked complete)."""
+    return resolve_output(layout(params, arm).policy(round_index), params.model.trust_remote_code)
 
 
 def prompt_builder(params: Params, tokenizer) -> PromptBuilder:
-    return PromptBuilder(tokenizer, params.model.family, params.model.system_prompt, params.prover.forced_stop_text)
+    from pipeline.chat_templates import load_chat_template
+
+    m = params.model
+    return PromptBuilder(tokenizer, m.family, m.system_prompt, params.prover.forced_stop_text, m.user_suffix,
+                         load_chat_template(m.chat_template), m.chat_template_kwargs)
 
 
 def policy_prompts(params: Params, round_index: int, arm: str | None = None) -> PromptBuilder:
@@ -83,20 +95,39 @@ def write_missing_shards(
     samples: Callable[[list], int],
     description: str,
     start: Callable[[], object] | None = None,
+    wait: bool = False,
+    poll_seconds: float = 10.0,
 ) -> tuple[int, int]:
-    """Compute and write every shard of `items` not yet on disk, then mark the folder complete.
+    """Compute and write this process's shards of `items` not yet on disk; mark the folder complete
+    when every shard exists (whichever writer, on whichever node, finishes last).
 
     `work(chunk, on_done)` returns the chunk's rows; `samples(chunk)` sizes the progress bar;
     `start()` runs once before the bar appears when there is work (e.g. loading the model).
+    With --num-shards, the other shards are other nodes' share: `wait` polls until they exist
+    (a stage that reads the folder next), otherwise the stage ends and says what is missing.
     Returns how many shards and items were computed ((0, 0) on a rerun after success).
     """
     all_shards = list(chunked(items, shard_size))
-    todo = [(index, chunk) for index, chunk in all_shards if not writer.is_done(index)]
+    mine = set(writer.todo(len(all_shards)))
+    todo = [(index, chunk) for index, chunk in all_shards if index in mine]
     if todo:
         if start is not None:
             start()
         with progress(sum(samples(chunk) for _, chunk in todo), description) as update:
             for index, chunk in todo:
                 writer.write(index, from_rows(work(chunk, update), schema))
-    writer.complete(len(all_shards))
+    told = False
+    while not writer.finish(len(all_shards)):
+        if not wait:
+            break
+        if not told:
+            print(writer.progress_note(len(all_shards)) + "; waiting for them", file=sys.stderr, flush=True)
+            told = True
+        time.sleep(poll_seconds)
     return len(todo), sum(len(chunk) for _, chunk in todo)
+
+
+def shards_note(writer: ShardedWriter, n_items: int, shard_size: int) -> str | None:
+    """None if the folder is complete, else the line a stage ends with when other nodes' shards are missing."""
+    n_shards = len(range(0, n_items, shard_size))
+    return None if not writer.missing(n_shards) else writer.progress_note(n_shards)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipeline.config import Params
 from pipeline.export import MESSAGES, PROMPT_COMPLETION, TOKENIZED, messages_table, prompt_completion_table, tokenized_table
-from pipeline.io import read_table, write_table
+from pipeline.io import read_table, write_table_set
 from pipeline.tables import SELECTED
 from stages.common import layout, policy_prompts, rows
 
@@ -17,7 +17,9 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
     wanted = set(selected.column("problem_id").to_pylist()) & problems.keys()
     messages = {pid: prompts.messages(problems[pid]["problem"]) for pid in wanted}
     out = paths.exports(round_index)
-    write_table(tokenized_table(selected, problems), out / TOKENIZED)
-    write_table(prompt_completion_table(selected, problems, prompts.tokenizer), out / PROMPT_COMPLETION)
-    write_table(messages_table(selected, problems, messages, prompts.tokenizer), out / MESSAGES)
+    write_table_set({  # one set: a kill between files leaves files that readers refuse, not a mix
+        out / TOKENIZED: tokenized_table(selected, problems),
+        out / PROMPT_COMPLETION: prompt_completion_table(selected, problems, prompts.tokenizer),
+        out / MESSAGES: messages_table(selected, problems, messages, prompts.tokenizer),
+    })
     return f"round {round_index}: exported {selected.num_rows} examples to {out}"

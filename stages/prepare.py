@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.config import Params
-from pipeline.io import write_json, write_table
+from pipeline.io import write_json, write_table_set
 from pipeline.models import prepare_base_model
 from stages.common import layout, open_grader, prompt_builder
 
@@ -15,7 +15,10 @@ def run_model(params: Params) -> str:
 
 
 def run_problems(params: Params) -> str:
-    """Write data/problems/{train,eval,rejects}.parquet and the counts to <metrics_dir>/problems.json."""
+    """Write data/problems/{train,eval,rejects}.parquet and the counts to <metrics_dir>/problems.json.
+
+    The three files are one set: a kill between them leaves files that readers refuse, never a
+    new train split beside an old eval split (eval problems inside train)."""
     from tqdm.auto import tqdm
 
     from pipeline.problem_screen import model_screen
@@ -39,9 +42,8 @@ def run_problems(params: Params) -> str:
     finally:
         for bar in bars:
             bar.close()
-    write_table(prepared.train, paths.problems_split("train"))
-    write_table(prepared.eval, paths.problems_split("eval"))
-    write_table(prepared.rejects, paths.problem_rejects)
+    write_table_set({paths.problems_split("train"): prepared.train, paths.problems_split("eval"): prepared.eval,
+                     paths.problem_rejects: prepared.rejects})
     metrics_file = paths.problem_metrics
     write_json(prepared.metrics, metrics_file)
     m = prepared.metrics

@@ -45,9 +45,11 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
     size = params.prover.shard_size
     trace_ids = traces.column("trace_id").to_pylist()
     n_shards = len(range(0, traces.num_rows, size))
-    shards = [(i, start) for i, start in enumerate(range(0, traces.num_rows, size)) if not writer.is_done(i)]
+    mine = set(writer.todo(n_shards))  # this node's share (--shard-index/--num-shards), not yet written
+    shards = [(i, start) for i, start in enumerate(range(0, traces.num_rows, size)) if i in mine]
     if not shards:
-        writer.complete(n_shards)
+        if not writer.finish(n_shards):
+            return f"round {round_index}: {writer.progress_note(n_shards)}"
         return f"round {round_index}: all prover shards already complete"
     _, prompts, backend = open_policy(params, round_index, arm)
     total = sum(len(episode_ends.get(t, [])) + 1 for _, start in shards for t in trace_ids[start : start + size]) * params.prover.k
@@ -59,12 +61,12 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
                 chunk, episode_ends, answers, backend, prompts, params.prover, on_done=update, grader=grader
             )
             writer.write(index, from_rows(table_rows, PROVER))
-    writer.complete(n_shards)
+    finished = writer.finish(n_shards)
     stats = backend.stats
     write_json(stats.__dict__, paths.prover(round_index) / "_run_stats.json")
     backend.close()
     saved = 1 - stats.prefill_tokens / max(1, stats.prompt_tokens)
-    return (
+    return ("" if finished else writer.progress_note(n_shards) + "\n") + (
         f"round {round_index}: proved {sum(len(trace_ids[s : s + size]) for _, s in shards)} traces ({total} answers); "
         f"prefill computed {stats.prefill_tokens} of {stats.prompt_tokens} prompt tokens ({saved:.0%} reused)"
     )

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pipeline.config import Params
-from pipeline.io import ShardedWriter, stable_hash
+from pipeline.io import ShardedWriter
 from pipeline.models import fingerprint
 from pipeline.sampling import sample_traces
 from pipeline.tables import TRACES
-from stages.common import layout, lazy_policy, open_grader, rows, write_missing_shards
+from stages.common import layout, lazy_policy, open_grader, problems_hash, rows, shards_note, write_missing_shards
 
 
 def run(params: Params, round_index: int, arm: str | None = None) -> str:
@@ -20,7 +20,7 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
         "grading": params.grading.model_dump(mode="json", exclude={"workers", "cache_size"}),
         "model": params.model.model_dump(mode="json"),
         "policy": fingerprint(policy),
-        "problems": stable_hash([(p["problem_id"], p["answer"]) for p in problems]),
+        "problems": problems_hash(problems),
     }
     writer = ShardedWriter(paths.traces(round_index), fingerprint_data, {"policy_folder": str(policy)})
 
@@ -32,6 +32,8 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
         name = f"r{round_index}" if round_index == 0 else f"{paths.arm} r{round_index}"
         shards, computed = write_missing_shards(writer, problems, params.sample.shard_size, TRACES, sample,
                                                 lambda chunk: len(chunk) * params.sample.n, f"sample {name}", engine)
+    if note := shards_note(writer, len(problems), params.sample.shard_size):
+        return f"sampled {computed * params.sample.n} traces in {shards} shard(s). {note}"
     if not shards:
         return f"{paths.traces(round_index)}: all trace shards already complete"
     return f"{paths.traces(round_index)}: sampled {computed * params.sample.n} traces in {shards} shard(s)"

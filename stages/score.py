@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from pipeline.config import Params
-from pipeline.io import write_table
+from pipeline.io import write_table_set
 from pipeline.regret import episode_progress, trace_regret
 from pipeline.tables import PROGRESS, PROVER, REGRET, from_rows
 from stages.common import layout, rows
@@ -19,6 +19,6 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
     budgets = [fraction * params.sample.max_tokens for fraction in params.regret.budget_fractions]
     progress_rows = [row for prefixes in by_trace.values() for row in episode_progress(prefixes)]
     regret_rows = [trace_regret(prefixes, budgets) for prefixes in by_trace.values()]
-    write_table(from_rows(progress_rows, PROGRESS), paths.progress(round_index))
-    write_table(from_rows(regret_rows, REGRET), paths.regret(round_index))
+    write_table_set({paths.progress(round_index): from_rows(progress_rows, PROGRESS),  # read together, or refused
+                     paths.regret(round_index): from_rows(regret_rows, REGRET)})
     return f"round {round_index}: scored {len(regret_rows)} traces, {len(progress_rows)} episodes"
