@@ -304,6 +304,7 @@ class TrainConfig(Section):
     seed: int = 0
     logging_steps: int = Field(5, gt=0)
     accelerate_config: str | None = None  # `accelerate launch` config: SFT on several processes (DeepSpeed)
+    sft_args: dict[str, Any] = Field(default_factory=dict)  # any other field of trl's SFTConfig (checked when training starts)
 
 
 class Params(Section):

@@ -201,3 +201,105 @@ def test_over_length_examples_are_dropped_and_counted_never_sliced(workspace, to
 
     with pytest.raises(ValueError, match=r"train.max_length=10: all 9 selected examples are longer"):
         train.run(_params(workspace, max_length=10), 0, "mrt")
+
+
+def _recipe_train_settings(**overrides):
+    """The 1.5B recipe's `train` section, with what one CPU step on the tiny model needs changed."""
+    from pipeline.config import load_params
+
+    recipe = load_params(Path(__file__).parents[1] / "configs" / "r1-distill-qwen-1.5b.yaml").train
+    return recipe.model_copy(update=overrides)
+
+
+def _changed_fraction(before: dict, after: dict) -> float:
+    """Share of the transformer's weights that moved (the tied embedding is left out: rows of tokens
+    absent from the batch get no gradient at all, whatever the precision)."""
+    names = [name for name in before if "embed_tokens" not in name and "lm_head" not in name]
+    changed = sum(int((before[name].to(after[name].dtype) != after[name]).sum()) for name in names)
+    return changed / sum(before[name].numel() for name in names)
+
+
+def test_a_step_at_lr_1e_6_under_the_recipe_moves_fp32_master_weights_and_not_pure_bf16_ones(tmp_path, tiny_model_dir, tokenizer, monkeypatch):
+    """The recipe's lr 1e-6 and bf16, one optimizer step over 8 examples (no warmup: the recipe's warmup
+    would make the first step's lr 0). bf16 autocast on fp32 master weights moves nearly every weight;
+    pure bf16 weights (the old recipe) round almost every update of 1e-6 away."""
+    from pipeline import training
+
+    settings = _recipe_train_settings(epochs=1, batch_size=8, grad_accum=1, warmup_ratio=0.0, lr_scheduler="constant",
+                                      max_length=512, gradient_checkpointing=False, logging_steps=1,
+                                      sft_args={**_recipe_train_settings().sft_args, "use_cpu": True})  # bf16 autocast on a CPU
+    assert settings.learning_rate == 1e-6 and settings.bf16 is True
+    rows, before = _selected_rows(tokenizer), _weights(tiny_model_dir)
+
+    metrics = training.train_sft(rows, ModelRef(str(tiny_model_dir)), tmp_path / "fp32_master", settings)
+    assert metrics["steps"] == 1
+    master = _weights(tmp_path / "fp32_master")
+    assert all(tensor.dtype == before[name].dtype for name, tensor in master.items())
+    assert _changed_fraction(before, master) > 0.9
+
+    monkeypatch.setattr(training, "MASTER_WEIGHTS_DTYPE", "bfloat16")
+    training.train_sft(rows, ModelRef(str(tiny_model_dir)), tmp_path / "pure_bf16", settings)
+    assert _changed_fraction(before, _weights(tmp_path / "pure_bf16")) < 0.1
+
+
+def test_sft_args_reach_trl_and_a_bad_key_names_itself(tmp_path):
+    from pipeline.training import check_sft_args, sft_config
+
+    settings = _params(tmp_path, sft_args={"max_grad_norm": 0.5, "save_strategy": "epoch", "report_to": ["tensorboard"]}).train
+    args = sft_config(settings, tmp_path / "checkpoints")
+    assert (args.max_grad_norm, args.save_strategy, args.report_to) == (0.5, "epoch", ["tensorboard"])
+    assert (args.learning_rate, args.completion_only_loss, args.output_dir) == (1e-3, True, str(tmp_path / "checkpoints"))
+    assert sft_config(_params(tmp_path).train, tmp_path).save_strategy == "steps"  # the pipeline's default: checkpoints
+
+    for sft_args, message in (
+        ({"max_grad_nrom": 1.0}, r"train.sft_args.max_grad_nrom: not a field of the installed trl's SFTConfig"),
+        ({"learning_rate": 1.0}, r"train.sft_args.learning_rate: set by train.learning_rate; set that instead"),
+        ({"model_init_kwargs": {"dtype": "bfloat16"}}, r"train.sft_args.model_init_kwargs.dtype: set by the pipeline"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            check_sft_args(sft_args)
+    with pytest.raises(ConfigError, match=r"trl's SFTConfig rejects the training settings \(train.sft_args keys: \['save_strategy'\]\)"):
+        sft_config(_params(tmp_path, sft_args={"save_strategy": "sometimes"}).train, tmp_path)
+
+
+def test_a_typo_in_sft_args_stops_the_stage_before_training(workspace):
+    params = _params(workspace, sft_args={"warmup_step": 3})
+    with pytest.raises(ConfigError, match=r"train.sft_args.warmup_step: not a field"):
+        train.run(params, 0, "mrt")
+    assert not layout(params).model(0).exists()
+
+
+def test_a_crashed_sft_resumes_from_its_last_checkpoint_to_the_same_weights(workspace, tiny_model_dir, tokenizer):
+    """Stopped right after the checkpoint of step 2 of 4; the rerun resumes there (optimizer, scheduler,
+    data order) and ends on the weights of an uninterrupted run."""
+    import torch
+    from transformers import TrainerCallback
+
+    from pipeline.training import checkpoint_folder, resume_point, train_sft
+
+    class CrashAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise RuntimeError("simulated crash")
+
+    settings = _params(workspace, lr_scheduler="cosine", warmup_ratio=0.25, sft_args={"save_steps": 1}).train
+    rows, init = _selected_rows(tokenizer), ModelRef(str(tiny_model_dir))
+    out = workspace / "crashed" / "model"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_sft(rows, init, out, settings, callbacks=[CrashAfterSave()])
+    assert (checkpoint_folder(out) / "checkpoint-2").is_dir() and not out.exists()
+
+    resumed = train_sft(rows, init, out, settings)
+    assert resumed["resumed_from_step"] == 2 and resumed["steps"] == 4
+    assert not checkpoint_folder(out).exists()  # removed once the model is saved
+    uninterrupted = train_sft(rows, init, workspace / "whole" / "model", settings)
+    assert uninterrupted["resumed_from_step"] is None
+    whole, after_crash = _weights(workspace / "whole" / "model"), _weights(out)
+    for name in whole:
+        torch.testing.assert_close(after_crash[name], whole[name], rtol=1e-5, atol=1e-7, msg=name)
+
+    # Checkpoints of another run (other parameters, model or examples) are not resumed: they are removed.
+    stale = checkpoint_folder(workspace / "other" / "model")
+    (stale / "checkpoint-3").mkdir(parents=True)
+    (stale / "run.json").write_text('{"key": "another run"}')
+    assert resume_point(stale, "this run") is None and not (stale / "checkpoint-3").exists()
