@@ -36,6 +36,16 @@ class ModelConfig(Section):
     trust_remote_code: bool = False
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
     system_prompt: str | None = None
+    user_suffix: str | None = None  # appended to the problem in the user turn; null: the family's
+    chat_template: str | None = None  # Jinja text or a file replacing the tokenizer's template (docs/templates.md)
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)  # the template's switches, e.g. enable_thinking
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_switches_only(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from pipeline.chat_templates import check_template_kwargs
+
+        return check_template_kwargs(value)
 
     @field_validator("family")
     @classmethod
@@ -206,9 +216,9 @@ class ProverConfig(Section):
     seed: int = 1
     shard_size: int = Field(8, gt=0)
     adaptive: bool = False
-    adaptive_initial: int = Field(2, gt=0)
-    adaptive_step: int = Field(2, gt=0)
-    adaptive_confidence: float = Field(0.8, gt=0, lt=1)
+    adaptive_initial: int = Field(1, gt=0)
+    adaptive_step: int = Field(1, gt=0)
+    adaptive_risk: float = Field(0.1, ge=0, lt=1)  # settle a trace when completing it to K changes its decision at most this often
 
     @model_validator(mode="after")
     def _initial_within_k(self) -> "ProverConfig":
@@ -286,6 +296,9 @@ class SelectConfig(Section):
     per_problem: int = Field(1, gt=0)
     keep_forced_stop_text: bool = False
     min_gain: float | None = None
+    # j* = 0 (or a STaR trace with empty thinking) would train `<think>\n</think>` + answer:
+    # drop it (default: it made no progress; docs/method.md), cut at the best non-empty prefix, or keep.
+    empty_thinking: Literal["drop", "best_nonempty", "keep"] = "drop"
 
 
 class TrainConfig(Section):
@@ -377,9 +390,28 @@ def parse_override(override: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {override!r}: {'.'.join(parts)}: the value is not valid YAML ({error})") from None
 
 
+def check_key(parts: list[str]) -> None:
+    """An override key must name a parameter: a typo fails here, suggesting the closest key."""
+    import difflib
+
+    model: type[BaseModel] = Params
+    for depth, part in enumerate(parts):
+        fields = model.model_fields
+        if part not in fields:
+            where = "".join(f"{p}." for p in parts[:depth])
+            close = difflib.get_close_matches(part, list(fields), n=1, cutoff=0.6)
+            hint = f"; did you mean {where}{close[0]}?" if close else f"; keys here: {', '.join(where + f for f in fields)}"
+            raise ConfigError(f"--set {'.'.join(parts)}: unknown key {'.'.join(parts[: depth + 1])!r}{hint}")
+        child = fields[part].annotation
+        if not (isinstance(child, type) and issubclass(child, BaseModel)):
+            return  # a value, a list or a free-form mapping: nothing more to check
+        model = child
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for override in overrides:
         parts, value = parse_override(override)
+        check_key(parts)
         node = raw
         for part in parts[:-1]:
             child = node.setdefault(part, {})

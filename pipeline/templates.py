@@ -50,18 +50,29 @@ class Family:
 FAMILIES = {
     "chatml_think": Family("chatml_think", CHATML_THINK_SYSTEM, "", R1_FORCED_STOP),
     "r1": Family("r1", None, "\nPlease reason step by step, and put your final answer within \\boxed{}.", R1_FORCED_STOP),
+    # The model's own chat template and nothing of ours: no system prompt, the problem alone as the
+    # user turn (model.system_prompt / model.user_suffix add an instruction; docs/templates.md).
+    "own_template": Family("own_template", None, "", R1_FORCED_STOP),
 }
 
 
 class PromptBuilder:
     """Token ids for prompts, the forced-termination text and the think-closing tag."""
 
-    def __init__(self, tokenizer, family: str, system_prompt: str | None = None, forced_stop: str | None = None):
+    def __init__(self, tokenizer, family: str, system_prompt: str | None = None, forced_stop: str | None = None,
+                 user_suffix: str | None = None, chat_template: str | None = None,
+                 chat_template_kwargs: dict | None = None):
         if family not in FAMILIES:
             raise ValueError(f"model.family: unknown family {family!r}; choose one of {sorted(FAMILIES)}")
         self.tokenizer = tokenizer
         self.family = FAMILIES[family]
         self.system_prompt = system_prompt if system_prompt is not None else self.family.system_prompt
+        self.user_suffix = user_suffix if user_suffix is not None else self.family.user_suffix
+        # Passed to `apply_chat_template`: a template text replacing the tokenizer's (None: its own)
+        # and the template's own switches (e.g. Qwen3's `enable_thinking`).
+        self.template_args = dict(chat_template_kwargs or {})
+        if chat_template is not None:
+            self.template_args["chat_template"] = chat_template
         self.forced_stop_text = forced_stop if forced_stop is not None else self.family.forced_stop
         self.forced_stop_ids = self.encode(self.forced_stop_text)
         self.close_text = THINK_CLOSE + "\n\n"
@@ -76,14 +87,23 @@ class PromptBuilder:
         messages = []
         if self.system_prompt:
             messages.append({"role": "system", "content": self.system_prompt})
-        messages.append({"role": "user", "content": problem + self.family.user_suffix})
+        messages.append({"role": "user", "content": problem + self.user_suffix})
         return messages
 
     def chat_text(self, problem: str) -> str:
         """The chat-templated prompt up to the assistant turn, without the think tag."""
-        text = self.tokenizer.apply_chat_template(self.messages(problem), add_generation_prompt=True, tokenize=False)
-        # Some R1 templates already open the thinking block; the think tag is added separately.
-        return text[: -len(THINK_OPEN)] if text.endswith(THINK_OPEN) else text
+        text = self.tokenizer.apply_chat_template(self.messages(problem), add_generation_prompt=True, tokenize=False,
+                                                  **self.template_args)
+        # Some templates already open the thinking block; the think tag is added separately (once).
+        for tag in (THINK_OPEN, THINK_OPEN.rstrip("\n")):
+            if text.endswith(tag):
+                text = text[: -len(tag)]
+                break
+        if THINK_CLOSE in text.rpartition(problem)[2]:
+            raise ValueError(f"model.chat_template_kwargs: the chat template's generation prompt already closes the "
+                             f"thinking block ({text.rpartition(problem)[2]!r}); the model would not think "
+                             "(e.g. Qwen3 needs enable_thinking: true)")
+        return text
 
     @cached_property
     def _special_strings(self) -> tuple[str, ...]:
