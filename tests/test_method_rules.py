@@ -55,19 +55,16 @@ class StubBackend:
         pass
 
 
-def trace_of(prompts, text: str, finish: str = "stop", trace_id: str = "p1-r0-s0", index: int = 0) -> dict:
+@pytest.fixture
+def trace_of(prompts, grader):
     """A traces-table row for a completion text, through the real sampling and grading code."""
-    rows = sample_traces([{"problem_id": "p1", "problem": "Calculate 1 + 1.", "answer": "2"}],
-                         StubBackend(prompts, [(text, finish)]), prompts, SampleConfig(), 0, "stub", grader=_GRADER[0])
-    return dict(rows[0], trace_id=trace_id, sample_index=index)
 
+    def make(text: str, finish: str = "stop", trace_id: str = "p1-r0-s0", index: int = 0) -> dict:
+        rows = sample_traces([{"problem_id": "p1", "problem": "Calculate 1 + 1.", "answer": "2"}],
+                             StubBackend(prompts, [(text, finish)]), prompts, SampleConfig(), 0, "stub", grader=grader)
+        return dict(rows[0], trace_id=trace_id, sample_index=index)
 
-_GRADER: list = [None]
-
-
-@pytest.fixture(autouse=True)
-def _shared_grader(grader):
-    _GRADER[0] = grader
+    return make
 
 
 def prover_row(trace, j, prefix_tokens, forced, answer_ids, j_hat=1.0, n_episodes=2):
@@ -87,39 +84,39 @@ PROBLEMS = {"p1": {"problem_id": "p1", "problem": "Calculate 1 + 1."}}
 
 # Rule 1: a sampled trace is correct only if it closed its thinking exactly once and its answer part is right.
 
-def test_well_formed_trace_is_graded_on_its_answer_part(prompts):
-    trace = trace_of(prompts, THINKING + "</think>" + ANSWER)
+def test_well_formed_trace_is_graded_on_its_answer_part(prompts, trace_of):
+    trace = trace_of(THINKING + "</think>" + ANSWER)
     assert (trace["grade"], trace["correct"], trace["extracted"], trace["grade_reason"]) == (CORRECT, True, "2", None)
     assert trace["answer_text"] == ANSWER
-    boxed_in_thinking = trace_of(prompts, "It is \\boxed{2}.\n</think>\n\nI am not sure.")
+    boxed_in_thinking = trace_of("It is \\boxed{2}.\n</think>\n\nI am not sure.")
     assert not boxed_in_thinking["correct"] and boxed_in_thinking["extracted"] is None
 
 
-def test_two_closing_tags_are_never_correct(prompts):
-    trace = trace_of(prompts, "A.\n</think>\\boxed{7} Hmm.\n</think>\\boxed{2}")
+def test_two_closing_tags_are_never_correct(prompts, trace_of):
+    trace = trace_of("A.\n</think>\\boxed{7} Hmm.\n</think>\\boxed{2}")
     assert (trace["grade"], trace["correct"], trace["extracted"], trace["grade_reason"]) == (
         "unparsed", False, None, "multiple_think_close")
     assert trace["answer_text"] is None
 
 
-def test_unclosed_trace_with_a_box_in_its_thinking_is_not_correct(prompts):
-    trace = trace_of(prompts, "So the sum is \\boxed{2}. Let me check", finish="length")
+def test_unclosed_trace_with_a_box_in_its_thinking_is_not_correct(prompts, trace_of):
+    trace = trace_of("So the sum is \\boxed{2}. Let me check", finish="length")
     assert (trace["grade"], trace["correct"], trace["extracted"], trace["grade_reason"]) == (
         "unparsed", False, None, "unclosed_thinking")
     assert trace["thinking_end"] == -1
-    ended = trace_of(prompts, "The sum is \\boxed{2}.", finish="stop")  # EOS without ever closing
+    ended = trace_of("The sum is \\boxed{2}.", finish="stop")  # EOS without ever closing
     assert not ended["correct"] and ended["grade_reason"] == "unclosed_thinking"
 
 
-def test_a_second_thinking_block_in_the_answer_is_not_correct(prompts):
-    trace = trace_of(prompts, "A.\n</think>\n\n<think>\nmore \\boxed{2}")
+def test_a_second_thinking_block_in_the_answer_is_not_correct(prompts, trace_of):
+    trace = trace_of("A.\n</think>\n\n<think>\nmore \\boxed{2}")
     assert not trace["correct"] and trace["grade_reason"] == "think_open_in_answer"
 
 
-def test_round_metrics_count_malformed_traces(prompts):
-    traces = [trace_of(prompts, THINKING + "</think>" + ANSWER),
-              trace_of(prompts, "\\boxed{2}", finish="length"),
-              trace_of(prompts, "A</think>\\boxed{7}</think>\\boxed{2}")]
+def test_round_metrics_count_malformed_traces(prompts, trace_of):
+    traces = [trace_of(THINKING + "</think>" + ANSWER),
+              trace_of("\\boxed{2}", finish="length"),
+              trace_of("A</think>\\boxed{7}</think>\\boxed{2}")]
     metrics = round_metrics(traces, [], [], [], "star", Counter(not_correct=2), [])
     assert metrics["unclosed_thinking"] == 1 and metrics["multiple_think_close"] == 1
     assert metrics["unparsed_by_reason"] == {"multiple_think_close": 1, "unclosed_thinking": 1}
@@ -128,28 +125,28 @@ def test_round_metrics_count_malformed_traces(prompts):
 
 # Rule 2: STaR keeps closed, once-closed, correct traces that ended on their own; the target is their own ids.
 
-def test_star_target_is_the_traces_own_ids(prompts):
-    trace = trace_of(prompts, THINKING + "</think>" + ANSWER)
+def test_star_target_is_the_traces_own_ids(prompts, trace_of):
+    trace = trace_of(THINKING + "</think>" + ANSWER)
     (row,) = select_star([trace], {}, PROBLEMS, prompts, SelectConfig())
     assert row["completion_ids"] == THINK_OPEN + list(trace["completion_ids"]) + [EOS]
     assert row["completion"] == "<think>\n" + THINKING + "</think>" + ANSWER
 
 
-def test_star_never_keeps_malformed_or_cut_traces(prompts):
+def test_star_never_keeps_malformed_or_cut_traces(prompts, trace_of):
     drops = Counter()
     traces = [
-        trace_of(prompts, "A.\n</think>\\boxed{7} Hmm.\n</think>\\boxed{2}", trace_id="a", index=0),
-        trace_of(prompts, "So \\boxed{2}. Let me", finish="length", trace_id="b", index=1),
+        trace_of("A.\n</think>\\boxed{7} Hmm.\n</think>\\boxed{2}", trace_id="a", index=0),
+        trace_of("So \\boxed{2}. Let me", finish="length", trace_id="b", index=1),
         # Closed and correct, but the budget cut the answer part: EOS must not be appended to it.
-        trace_of(prompts, "A.\n</think>\n\nThe answer is \\boxed{2}. Also", finish="length", trace_id="c", index=2),
+        trace_of("A.\n</think>\n\nThe answer is \\boxed{2}. Also", finish="length", trace_id="c", index=2),
     ]
     assert traces[2]["correct"]
     assert select_star(traces, {}, PROBLEMS, prompts, SelectConfig(), drops) == []
     assert drops == Counter(not_correct=2, answer_cut=1)
 
 
-def test_star_does_not_trust_a_stale_correct_flag(prompts):
-    trace = dict(trace_of(prompts, "\\boxed{2}</think>\\boxed{7}</think>\\boxed{2}"), correct=True)
+def test_star_does_not_trust_a_stale_correct_flag(prompts, trace_of):
+    trace = dict(trace_of("\\boxed{2}</think>\\boxed{7}</think>\\boxed{2}"), correct=True)
     drops = Counter()
     assert select_star([trace], {}, PROBLEMS, prompts, SelectConfig(), drops) == []
     assert drops == Counter(not_well_formed=1)
@@ -164,8 +161,8 @@ def _episode_ends(prompts, trace):
     return [e.token_end for e in episodes]
 
 
-def test_closed_trace_targets_by_hand(prompts, tokenizer):
-    trace = trace_of(prompts, THINKING + "</think>" + ANSWER)
+def test_closed_trace_targets_by_hand(prompts, tokenizer, trace_of):
+    trace = trace_of(THINKING + "</think>" + ANSWER)
     own = list(trace["completion_ids"])
     assert own[:5] == [57, 803, 30, 198, 198]  # 'I', ' add', '.', '\n', '\n': episode 1 ends after the blank line
     thinking_len = trace["thinking_end"]
@@ -194,9 +191,9 @@ def test_closed_trace_targets_by_hand(prompts, tokenizer):
     assert [p.thinking_tokens for p in prefixes] == [0, 5, thinking_len] and [p.forced for p in prefixes] == [True, True, False]
 
 
-def test_unclosed_trace_targets_by_hand(prompts, tokenizer):
+def test_unclosed_trace_targets_by_hand(prompts, tokenizer, trace_of):
     cut = "I add.\n\nWait, check.\n\nDone"
-    trace = trace_of(prompts, cut, finish="length")
+    trace = trace_of(cut, finish="length")
     own = list(trace["completion_ids"])
     answer = prompts.encode("The answer is \\boxed{2}.")
     # j* = E of an unclosed trace: all its ids, then a blank line (it ends mid-line) and `</think>\n\n`.
@@ -211,14 +208,15 @@ def test_unclosed_trace_targets_by_hand(prompts, tokenizer):
     assert mrt_target_ids(trace, prover_row(trace, 0, 0, True, answer), prompts, False) == THINK_OPEN + CLOSE_BLANK + answer + [EOS]
 
 
-def test_answer_ids_ending_in_eos_get_no_second_eos(prompts):
-    trace = trace_of(prompts, THINKING + "</think>" + ANSWER)
+def test_answer_ids_ending_in_eos_get_no_second_eos(prompts, trace_of):
+    trace = trace_of(THINKING + "</think>" + ANSWER)
     answer = prompts.encode("The answer is \\boxed{2}.") + [EOS]
-    assert mrt_target_ids(trace, prover_row(trace, 1, 5, True, answer), prompts, False)[-2:] != [EOS, EOS]
+    own = list(trace["completion_ids"])
+    assert mrt_target_ids(trace, prover_row(trace, 1, 5, True, answer), prompts, False) == THINK_OPEN + own[:5] + CLOSE_BLANK + answer
 
 
-def test_multiple_close_trace_is_never_a_star_target_and_mrt_keeps_one_block(prompts, tokenizer):
-    trace = trace_of(prompts, "A.\n\nWait, B.\n</think>\\boxed{7} Hmm.\n</think>\\boxed{2}")
+def test_multiple_close_trace_is_never_a_star_target_and_mrt_keeps_one_block(prompts, tokenizer, trace_of):
+    trace = trace_of("A.\n\nWait, B.\n</think>\\boxed{7} Hmm.\n</think>\\boxed{2}")
     answer = prompts.encode("\n\n\\boxed{2}")
     rows = [prover_row(trace, 0, 0, True, answer, j_hat=0.0), prover_row(trace, 1, trace["thinking_end"], False, answer)]
     (row,) = select_mrt([trace], rows, score(trace, 1), PROBLEMS, prompts, SelectConfig())
@@ -250,8 +248,8 @@ def test_length_cut_correct_answer_is_never_the_solution(prompts):
     assert (only_cut["n_correct"], only_cut["n_length_cut"], only_cut["correct_answer_ids"]) == (1, 1, None)
 
 
-def test_mrt_drops_a_best_prefix_whose_correct_answers_were_all_cut(prompts):
-    trace = trace_of(prompts, THINKING + "</think>" + ANSWER)
+def test_mrt_drops_a_best_prefix_whose_correct_answers_were_all_cut(prompts, trace_of):
+    trace = trace_of(THINKING + "</think>" + ANSWER)
     rows = [prover_row(trace, 0, 0, True, None, j_hat=0.0), prover_row(trace, 1, 5, True, None, j_hat=0.5)]
     drops = Counter()
     assert select_mrt([trace], rows, score(trace, 1), PROBLEMS, prompts, SelectConfig(), drops) == []
@@ -260,8 +258,8 @@ def test_mrt_drops_a_best_prefix_whose_correct_answers_were_all_cut(prompts):
 
 # Rule 6: j* = 0 (empty thinking) follows `select.empty_thinking`.
 
-def test_empty_thinking_rule(prompts):
-    trace = trace_of(prompts, THINKING + "</think>" + ANSWER)
+def test_empty_thinking_rule(prompts, trace_of):
+    trace = trace_of(THINKING + "</think>" + ANSWER)
     answer = prompts.encode("The answer is \\boxed{2}.")
     end = trace["thinking_end"]
     rows = [prover_row(trace, 0, 0, True, answer, j_hat=1.0), prover_row(trace, 1, 5, True, answer, j_hat=0.5),
