@@ -24,8 +24,9 @@ def fold(text: str) -> str:
     """NFKC form, lower case, format characters (category Cf) removed: what every key compares."""
     if text.isascii():  # no format characters, already NFKC
         return text.lower()
-    text = unicodedata.normalize("NFKC", text)
-    return "".join(c for c in text if unicodedata.category(c) != "Cf").lower()
+    # Removed before NFKC: a joiner between a letter and its accent would block their composition.
+    text = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    return unicodedata.normalize("NFKC", text).lower()
 
 
 

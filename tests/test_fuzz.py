@@ -1,5 +1,5 @@
-"""Property-based fuzzing of everything that reads model output: the episode splitter, answer
-extraction and grading.
+"""Property-based fuzzing of everything that reads model output or source rows: the episode
+splitter, answer extraction, grading, JSONL problem lines and the de-duplication keys.
 
 Over 10,000 generated strings in all (see `EXAMPLES`): random unicode, LaTeX fragments, deep
 nesting, megabyte inputs built by repeating fragments, and marker-heavy thinking text.
@@ -13,7 +13,7 @@ import random
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import EpisodesConfig
@@ -36,6 +36,8 @@ EXAMPLES = {
     "grade_completions": 60,
     "grade_answers": 25,
     "grade_deep": 3,
+    "problem_lines": 300,
+    "format_characters": 500,
 }
 STRINGS = (
     sum(EXAMPLES.values())
@@ -366,6 +368,57 @@ def test_grading_deep_nesting_is_cut_off(grader, answers):
     grades = grader.grade_completions(["3"] * len(answers), answers)
     check_grades(grader, grades, [extract_answer(a) for a in answers])
     assert time.perf_counter() - started < LIMIT * len(answers) + 10
+
+
+line_bytes = st.one_of(
+    st.binary(max_size=200),
+    st.text(max_size=100).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    st.builds(lambda p, a: ('{"problem": %s, "answer": %s}' % (p, a)).encode("utf-8", "surrogatepass"),
+              st.sampled_from(['"What is 1+1?"', '"\\ud800"', "null", "[[[[1]]]]", "1e999", '"' + "x" * 50 + '"']),
+              st.sampled_from(['"2"', "2", "NaN", '"\\udfff"', "{}", "true", '""'])),
+)
+
+
+@fuzz("problem_lines")
+@given(lines=st.lists(line_bytes, min_size=1, max_size=12))
+def test_every_jsonl_line_becomes_a_row_or_a_reject(tmp_path_factory, lines):
+    from pipeline.problem_files import Columns, JsonlRows, ProblemSourceError
+    from pipeline.problems import _validate
+
+    path = tmp_path_factory.mktemp("lines") / "p.jsonl"
+    path.write_bytes(b"\n".join(line.replace(b"\n", b" ").replace(b"\r", b" ") for line in lines) + b"\n")
+    try:
+        source = JsonlRows("jsonl:p.jsonl", path, Columns("problem", "answer"))
+    except ProblemSourceError as error:  # only a file without rows or a mapped column: named
+        assert "p.jsonl" in str(error)
+        return
+    rows = list(source.rows(range(len(source))))
+    assert [r.index for r in rows] == list(range(len(source)))
+    for row in rows:
+        clean, reject = _validate("s", row, 20_000, None)
+        assert (clean is None) != (reject is None)
+        if reject:
+            reject["row"].encode("utf-8")  # storable in Parquet
+        else:
+            (clean["problem"] + clean["answer"] + clean["problem_id"]).encode("utf-8")
+
+
+FORMAT = ["\u200b", "\u200c", "\u200d", "\u00ad", "\ufeff", "\u2060", "\u200e", "\u2066"]
+
+
+@fuzz("format_characters")
+@example(text="cafe\u0301 ﬁ", marks=[(4, "\u200d"), (6, "\u00ad")])  # a joiner inside a letter + accent pair
+@given(text=st.text(max_size=80), marks=st.lists(st.tuples(st.integers(0, 80), st.sampled_from(FORMAT)), max_size=6))
+def test_format_characters_never_change_a_key(text, marks):
+    from pipeline.decontamination import exact_key, ngram_tokens
+    from pipeline.problems import problem_id
+
+    marked = text
+    for position, mark in sorted(marks, reverse=True):
+        marked = marked[:position] + mark + marked[position:]
+    assert exact_key(marked) == exact_key(text)
+    assert ngram_tokens(marked) == ngram_tokens(text)
+    assert problem_id("s", marked) == problem_id("s", text)
 
 
 def test_examples_add_up_to_ten_thousand_strings():
