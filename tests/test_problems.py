@@ -174,3 +174,20 @@ def test_rejects_in_the_sample_are_replaced_from_the_next_round(tmp_path):
     assert train.num_rows == 150 and evaluation.num_rows == 10
     assert set(rejects.column("reason").to_pylist()) == {"missing or empty answer"}
     assert all(i % 2 for i in train.column("source_index").to_pylist())
+
+
+def test_a_saved_dataset_is_read_through_arrow_with_its_columns_mapped(tmp_path):
+    import datasets
+
+    rows = [{"question": f"What is {i} + 2?", "solution": str(i + 2), "uid": f"q{i}", "extra": [i]} for i in range(30)]
+    rows[3]["solution"] = None
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "saved"))
+    config = ProblemsConfig(source="hf", path=str(tmp_path / "saved"), train_size=20, eval_size=5,
+                            columns={"problem": "question", "answer": "solution", "id": "uid"})
+    train, evaluation, rejects = load_problems(config)
+    assert train.num_rows == 20 and evaluation.num_rows == 5
+    chosen = train.column("source_index").to_pylist() + evaluation.column("source_index").to_pylist()
+    assert all(pid == f"q{i}" for pid, i in zip(train.column("problem_id").to_pylist(), chosen))
+    assert rejects.column("source_index").to_pylist() == [3]
+    with pytest.raises(ProblemSourceError, match=r"column\(s\) \['answer'\] not found"):
+        load_problems(config.model_copy(update={"columns": config.columns.model_copy(update={"answer": "answer"})}))
