@@ -150,3 +150,88 @@ def test_a_selected_problem_missing_from_the_problems_names_it(chatml):
     rows = selected_rows(chatml)
     with pytest.raises(KeyError, match=r"problem_id 'p2' .* that the problems table does not hold"):
         tokenized_table(from_rows(rows, SELECTED), {k: v for k, v in PROBLEMS.items() if k != "p2"})
+
+
+def prm_tokenize_row(features: dict, tokenizer, step_separator: str) -> dict:
+    """trl's PRMTrainer.tokenize_row (trl.experimental.prm up to its removal; trl 1.16, installed here, no
+    longer ships it), without truncation: prompt without special tokens after BOS, each step plus the
+    separator, the step's label on its last token."""
+    prompt_ids = tokenizer(features["prompt"], add_special_tokens=False)["input_ids"]
+    separator_ids = tokenizer.encode(step_separator, add_special_tokens=False)
+    steps = [tokenizer(step, add_special_tokens=False)["input_ids"] + separator_ids for step in features["completions"]]
+    labels = [[-100] * (len(step) - 1) + [int(label)] for step, label in zip(steps, features["labels"], strict=True)]
+    if tokenizer.bos_token_id is not None:
+        prompt_ids = [tokenizer.bos_token_id] + prompt_ids
+    return {"input_ids": prompt_ids + [t for step in steps for t in step],
+            "labels": [-100] * len(prompt_ids) + [label for step in labels for label in step]}
+
+
+def _scored_round(prompts: PromptBuilder):
+    """Two traces cut into episodes by the pipeline's own rule, with hand-set progress per episode."""
+    from pipeline.config import EpisodesConfig
+    from pipeline.episodes import split_token_ids
+    from pipeline.tables import EPISODES, PROGRESS, TRACES
+
+    thinking = "I add 1 and 1.\n\nWait, that is 2.\n\nAlternatively, count: 1, 2.\n\nBut wait, check once more: 2.\n"
+    progress = {"t0": [0.5, 0.0, 0.25, -0.125], "t1": [0.0, 0.0, 0.0, 0.0]}
+    traces, episodes, progress_rows = [], [], []
+    for trace_id, values in progress.items():
+        thinking_ids = prompts.encode(thinking)
+        completion_ids = thinking_ids + prompts.close_ids + prompts.encode("The answer is \\boxed{2}.") + prompts.eos_ids
+        trace = {"trace_id": trace_id, "problem_id": "p0", "round": 0, "prompt_ids": prompts.sampling_prompt_ids("1 + 1?"),
+                 "completion_ids": completion_ids, "thinking_end": len(thinking_ids), "correct": trace_id == "t0", "model": "tiny"}
+        traces.append({name: trace.get(name) for name in TRACES.names})
+        cut, _ = split_token_ids(prompts.tokenizer, thinking_ids, EpisodesConfig(min_gap_paragraphs=0))
+        assert len(cut) == len(values) == 4
+        for index, (episode, value) in enumerate(zip(cut, values), start=1):
+            episodes.append({"trace_id": trace_id, "episode_index": index, "rule": "markers", **episode.__dict__})
+            progress_rows.append({"trace_id": trace_id, "episode_index": index, "progress": value, "progress_se": 0.1,
+                                  "j_before": None, "j_after": None})
+    for rows, schema in ((traces, TRACES), (episodes, EPISODES), (progress_rows, PROGRESS)):
+        from_rows(rows, schema)  # the tables the stages write hold these rows
+    return traces, episodes, progress_rows, thinking
+
+
+def test_dense_progress_in_trls_stepwise_format_and_as_token_rewards(chatml, tmp_path):
+    from pipeline.dense_progress import rewards_table, scored_traces, stepwise_table
+
+    tokenizer = chatml.tokenizer
+    traces, episodes, progress, thinking = _scored_round(chatml)
+    scored = scored_traces(traces, episodes, progress, tokenizer)
+    steps = _load(stepwise_table(scored, {"t0"}, tokenizer), tmp_path / "progress_steps.parquet")
+    assert steps.features["completions"].feature.dtype == "string" and steps.features["labels"].feature.dtype == "bool"
+    assert steps["labels"] == [[True, False, True, False], [False] * 4]  # progress > 0
+    assert steps["progress"][0] == [0.5, 0.0, 0.25, -0.125] and steps["selected"] == [True, False]
+    assert steps["correct"] == [True, False] and steps["trace_id"] == ["t0", "t1"]
+    assert "".join(steps[0]["completions"]) == thinking and steps[0]["completions"][1].startswith("Wait")
+
+    # trl's PRM tokenization: the sampled prompt ids (BOS not doubled), the thinking, a label on each episode's last
+    # token; for ChatML (BOS string in the template) and for an R1-style tokenizer that adds BOS itself.
+    prompt_ids = traces[0]["prompt_ids"]
+    for builder in (chatml, PromptBuilder(r1_like(tokenizer), "r1")):
+        round_traces, round_episodes, round_progress, _ = _scored_round(builder)
+        features = stepwise_table(scored_traces(round_traces, round_episodes, round_progress, builder.tokenizer), set(),
+                                  builder.tokenizer).to_pylist()[0]
+        row = prm_tokenize_row(features, builder.tokenizer, step_separator="")
+        sampled = round_traces[0]["prompt_ids"]
+        assert row["input_ids"][: len(sampled)] == sampled and sampled[0] == builder.tokenizer.bos_token_id != sampled[1]
+        assert builder.tokenizer.decode(row["input_ids"][len(sampled):]) == thinking
+        assert [label for label in row["labels"] if label != -100] == [1, 0, 1, 0]
+
+    rewards = _load(rewards_table(scored, {"t0"}), tmp_path / "progress_rewards.parquet")[0]
+    assert rewards["prompt_ids"] == prompt_ids and rewards["completion_ids"] == traces[0]["completion_ids"]
+    assert rewards["step_rewards"] == [0.5, 0.0, 0.25, -0.125] and rewards["step_reward_se"] == [0.1] * 4
+    spans = list(zip(rewards["step_token_starts"], rewards["step_token_ends"]))
+    assert spans[0][0] == 0 and spans[-1][1] == traces[0]["thinking_end"]
+    assert all(end == start for (_, end), (start, _) in zip(spans, spans[1:]))  # the episodes tile the thinking
+    assert [tokenizer.decode(rewards["completion_ids"][s:e]) for s, e in spans] == steps[0]["completions"]
+
+
+def test_progress_that_does_not_match_the_episodes_names_the_trace(chatml):
+    from pipeline.dense_progress import scored_traces
+
+    traces, episodes, progress, _ = _scored_round(chatml)
+    with pytest.raises(ValueError, match=r"trace t1: episodes \[1, 2, 3, 4\] and progress rows \[1, 2, 3\] do not match"):
+        scored_traces(traces, episodes, progress[:-1], chatml.tokenizer)
+    with pytest.raises(KeyError, match=r"progress rows for trace 't1'"):
+        scored_traces(traces[:1], episodes, progress, chatml.tokenizer)
