@@ -191,3 +191,22 @@ def test_a_saved_dataset_is_read_through_arrow_with_its_columns_mapped(tmp_path)
     assert rejects.column("source_index").to_pylist() == [3]
     with pytest.raises(ProblemSourceError, match=r"column\(s\) \['answer'\] not found"):
         load_problems(config.model_copy(update={"columns": config.columns.model_copy(update={"answer": "answer"})}))
+
+
+def test_the_prepare_scale_benchmark_runs(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "prepare_scale.py"
+    spec = importlib.util.spec_from_file_location("prepare_scale", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "result.json"
+    monkeypatch.setattr(sys, "argv", ["prepare_scale", "--rows", "3000", "--train-size", "40", "--eval-size", "10",
+                                      "--old-rows", "30", "--workers", "1", "--no-screen", "--json", str(out),
+                                      "--source", str(tmp_path / "source.parquet")])
+    module.main()
+    result = json.loads(out.read_text())
+    assert result["sampled_first"]["validated_rows"] == 50 + 64 and result["sampled_first"]["train"] == 40
+    assert result["validate_all"]["validated_rows"] == 30 and result["speedup"] > 1
