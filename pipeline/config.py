@@ -296,9 +296,9 @@ class SelectConfig(Section):
     per_problem: int = Field(1, gt=0)
     keep_forced_stop_text: bool = False
     min_gain: float | None = None
-    # j* = 0 (or a STaR trace with empty thinking) would train `<think>\n</think>` + answer:
-    # drop it (default: it made no progress; docs/method.md), cut at the best non-empty prefix, or keep.
-    empty_thinking: Literal["drop", "best_nonempty", "keep"] = "drop"
+    # j* = 0 (or a STaR trace with empty thinking) would train `<think>\n</think>` + answer: cut at
+    # the best non-empty prefix instead (default, docs/method.md), drop the trace, or keep it.
+    empty_thinking: Literal["best_nonempty", "drop", "keep"] = "best_nonempty"
 
 
 class TrainConfig(Section):

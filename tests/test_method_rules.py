@@ -129,6 +129,9 @@ def test_star_target_is_the_traces_own_ids(prompts, trace_of):
     trace = trace_of(THINKING + "</think>" + ANSWER)
     (row,) = select_star([trace], {}, PROBLEMS, prompts, SelectConfig())
     assert row["completion_ids"] == THINK_OPEN + list(trace["completion_ids"]) + [EOS]
+    empty = trace_of("</think>" + ANSWER)  # correct, but nothing thought: STaR has no prefix to fall back to
+    assert empty["correct"] and select_star([empty], {}, PROBLEMS, prompts, SelectConfig()) == []
+    assert len(select_star([empty], {}, PROBLEMS, prompts, SelectConfig(empty_thinking="keep"))) == 1
     assert row["completion"] == "<think>\n" + THINKING + "</think>" + ANSWER
 
 
@@ -265,14 +268,14 @@ def test_empty_thinking_rule(prompts, trace_of):
     rows = [prover_row(trace, 0, 0, True, answer, j_hat=1.0), prover_row(trace, 1, 5, True, answer, j_hat=0.5),
             prover_row(trace, 2, end, False, answer, j_hat=0.75)]
     drops = Counter()
-    assert select_mrt([trace], rows, score(trace, 0), PROBLEMS, prompts, SelectConfig(), drops) == []
+    assert select_mrt([trace], rows, score(trace, 0), PROBLEMS, prompts, SelectConfig(empty_thinking="drop"), drops) == []
     assert drops == Counter(empty_thinking=1)
     (kept,) = select_mrt([trace], rows, score(trace, 0), PROBLEMS, prompts, SelectConfig(empty_thinking="keep"))
     assert kept["completion_ids"] == THINK_OPEN + CLOSE_BLANK + answer + [EOS] and kept["best_prefix"] == 0
     metrics = round_metrics([trace], [], [], [kept], "mrt")
     assert metrics["empty_thinking_targets"] == 1
-    # best_nonempty: the earliest highest J among j >= 1 is j = 2 (0.75 > 0.5), the whole trace.
-    (cut,) = select_mrt([trace], rows, score(trace, 0), PROBLEMS, prompts, SelectConfig(empty_thinking="best_nonempty"))
+    # best_nonempty (the default): the earliest highest J among j >= 1 is j = 2 (0.75 > 0.5), the whole trace.
+    (cut,) = select_mrt([trace], rows, score(trace, 0), PROBLEMS, prompts, SelectConfig())
     assert cut["best_prefix"] == 2 and cut["j_best"] == 0.75
     assert cut["completion_ids"] == THINK_OPEN + list(trace["completion_ids"][: end + 3]) + answer + [EOS]
     assert round_metrics([trace], [], [], [cut], "mrt")["empty_thinking_targets"] == 0

@@ -45,9 +45,9 @@ def test_prover_grades_answers_and_selection_truncates(tokenizer, tiny_backend):
     regret = trace_regret(rows, [64.0])
     problems = {"p1": {"problem_id": "p1", "problem": "Calculate 1 + 1."}}
     drops = Counter()
-    default = select_mrt([trace], rows, {trace["trace_id"]: regret}, problems, prompts, SelectConfig(), drops)
-    if regret["best_prefix"] == 0:  # empty thinking: dropped and counted by default
-        assert default == [] and drops == Counter(empty_thinking=1)
+    dropped = select_mrt([trace], rows, {trace["trace_id"]: regret}, problems, prompts, SelectConfig(empty_thinking="drop"), drops)
+    if regret["best_prefix"] == 0:  # empty thinking: dropped and counted under `drop`
+        assert dropped == [] and drops == Counter(empty_thinking=1)
     selected = select_mrt([trace], rows, {trace["trace_id"]: regret}, problems, prompts, SelectConfig(empty_thinking="keep"))
     assert len(selected) == 1
     best = next(r for r in rows if r["prefix_index"] == regret["best_prefix"])
