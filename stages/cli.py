@@ -124,7 +124,7 @@ _round_command("prove", "prove", "Meta-prover: force an answer K times after eve
 _round_command("score", "score", "Progress per episode (J(j) - J(j-1)) and normalized cumulative regret per trace.")
 _round_command("select", "select", "Select the arm's SFT targets: MRT-STaR (truncate at the best prefix) or STaR; writes round metrics.")
 _round_command("train", "train", "Supervised fine-tuning with trl on the selected targets (loss on the completion only).")
-_round_command("export", "export", "Export selected targets as Parquet: trl prompt/completion and messages formats.")
+_round_command("export", "export", "Export for other trainers: SFT targets as token ids, prompt/completion text and messages; per-episode progress as trl stepwise supervision and RL rewards.")
 _round_command("evaluate", "evaluate", "Evaluate the arm's policy after r rounds (0: base model) on the eval split: pass@k, maj@k, tokens, accuracy vs budget, extrapolation.")
 
 
