@@ -18,6 +18,7 @@ Readers skip names starting with `.` or `_`.
 
 from __future__ import annotations
 
+import ast
 import contextvars
 import errno
 import fcntl
@@ -107,13 +108,25 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def _code_of(source: str) -> str:
+    """A module's syntax tree without docstrings: editing a comment or a docstring is not a new version."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
 @cache
 def code_version() -> str:
-    """Hash of the pipeline's own source (pipeline/ and stages/): outputs of other code are not reused."""
+    """Hash of the pipeline's own code (pipeline/ and stages/, comments and docstrings left out): shards
+    computed by other code are not reused."""
     digest = hashlib.sha256()
     for folder in ("pipeline", "stages"):
         for path in sorted((_CODE_ROOT / folder).rglob("*.py")):
-            digest.update(path.relative_to(_CODE_ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+            digest.update(path.relative_to(_CODE_ROOT).as_posix().encode() + b"\0" + _code_of(path.read_text()).encode())
     return digest.hexdigest()[:16]
 
 

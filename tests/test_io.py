@@ -172,3 +172,12 @@ def test_every_output_names_the_command_that_writes_it():
     assert writer_command(data / "base_model") == "mrt prepare-model"
     assert writer_command(data / "eval" / "mrt" / "2" / "traces") == "mrt evaluate -r 2 --arm mrt"
     assert writer_command(data / "eval" / "base" / "prover") == "mrt evaluate -r 0"
+
+
+def test_the_code_version_ignores_comments_and_docstrings():
+    from pipeline.io import _code_of, code_version
+
+    plain = 'x = 1\n\ndef f():\n    return x\n'
+    assert _code_of('"""Module."""\nx = 1  # one\n\ndef f():\n    """Why."""\n    return x\n') == _code_of(plain)
+    assert _code_of(plain.replace("return x", "return -x")) != _code_of(plain)
+    assert len(code_version()) == 16
