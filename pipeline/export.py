@@ -83,20 +83,24 @@ def prompt_completion_table(selected: pa.Table, problems: dict[str, dict], token
     }, selected, problems)
 
 
-def template_keeps_thinking(tokenizer, messages: list[dict], completion: str) -> bool:
-    """Whether the tokenizer's chat template renders the assistant turn's thinking (everything up to
+def template_keeps_thinking(tokenizer, messages: list[dict], completion: str, template_args: dict | None = None) -> bool:
+    """Whether the chat template (the tokenizer's, or `template_args["chat_template"]`, with the
+    template's switches in `template_args`) renders the assistant turn's thinking (everything up to
     and including `</think>`), not only the answer after it."""
     thinking = completion[: completion.index(THINK_CLOSE) + len(THINK_CLOSE)] if THINK_CLOSE in completion else completion
-    rendered = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": completion}], tokenize=False)
+    conversation = messages + [{"role": "assistant", "content": completion}]
+    rendered = tokenizer.apply_chat_template(conversation, tokenize=False, **(template_args or {}))
     return thinking in rendered
 
 
-def messages_table(selected: pa.Table, problems: dict[str, dict], messages_for_problem: dict[str, list[dict]], tokenizer) -> pa.Table:
+def messages_table(selected: pa.Table, problems: dict[str, dict], messages_for_problem: dict[str, list[dict]], tokenizer,
+                   template_args: dict | None = None) -> pa.Table:
     """trl's conversational format: system/user turns plus the assistant target (thinking kept in the
-    content; whether the template renders it is in `template_keeps_thinking`)."""
+    content; whether the policy's template, `PromptBuilder.template_args`, renders it is in
+    `template_keeps_thinking`)."""
     rows = selected.select(["problem_id", "completion"]).to_pylist()
     messages = [messages_for_problem[r["problem_id"]] + [{"role": "assistant", "content": r["completion"]}] for r in rows]
-    kept = [template_keeps_thinking(tokenizer, m[:-1], r["completion"]) for m, r in zip(messages, rows)]
+    kept = [template_keeps_thinking(tokenizer, m[:-1], r["completion"], template_args) for m, r in zip(messages, rows)]
     if not all(kept):
         print(f"WARNING: {MESSAGES}: the policy's chat template drops the thinking from the assistant turn in "
               f"{kept.count(False)} of {len(kept)} rows (template_keeps_thinking = false): a trainer that renders "

@@ -25,7 +25,7 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
     write_table_set({  # one set: a kill between files leaves files that readers refuse, not a mix
         out / TOKENIZED: tokenized_table(selected, problems),
         out / PROMPT_COMPLETION: prompt_completion_table(selected, problems, prompts.tokenizer),
-        out / MESSAGES: messages_table(selected, problems, messages, prompts.tokenizer),
+        out / MESSAGES: messages_table(selected, problems, messages, prompts.tokenizer, prompts.template_args),
         out / STEPWISE: stepwise_table(scored, chosen, prompts.tokenizer),
         out / REWARDS: rewards_table(scored, chosen),
     })

@@ -128,11 +128,18 @@ def test_text_prompts_carry_no_bos_a_tokenizer_adds_itself(tokenizer, tmp_path, 
 
 
 def test_messages_flag_and_warn_when_the_template_drops_the_thinking(tokenizer, tmp_path, small_model, capfd):
+    # The R1-like template set on the tokenizer; and given as model.chat_template over ChatML's own.
+    configured = PromptBuilder(tokenizer, "chatml_think", chat_template=R1_LIKE_TEMPLATE)
+    rows = selected_rows(configured)
+    messages = {pid: configured.messages(PROBLEMS[pid]["problem"]) for pid in PROBLEMS}
+    table = messages_table(from_rows(rows, SELECTED), PROBLEMS, messages, tokenizer, configured.template_args)
+    assert table.column("template_keeps_thinking").to_pylist() == [False] * 3
+
     for builder, keeps in ((PromptBuilder(tokenizer, "chatml_think"), True), (PromptBuilder(r1_like(tokenizer), "r1"), False)):
         rows = selected_rows(builder)
         messages = {pid: builder.messages(PROBLEMS[pid]["problem"]) for pid in PROBLEMS}
         capfd.readouterr()
-        table = messages_table(from_rows(rows, SELECTED), PROBLEMS, messages, builder.tokenizer)
+        table = messages_table(from_rows(rows, SELECTED), PROBLEMS, messages, builder.tokenizer, builder.template_args)
         warned = capfd.readouterr().err
         loaded = _load(table, tmp_path / f"messages_{keeps}.parquet")
         assert loaded["template_keeps_thinking"] == [keeps] * 3
