@@ -605,17 +605,18 @@ def test_odd_traces_split_and_grade(tokenizer, grader, name):
 
 def test_split_stage_handles_odd_traces(tmp_path, smol_tokenizer_dir, tokenizer):
     """`mrt split` on a round whose traces are all odd: no crash, episodes tile every thinking block."""
-    import shutil
-
     from pipeline.config import Params
-    from pipeline.io import read_table, write_table
+    from pipeline.models import ModelRef, write_pointer_folder
+    from pipeline.io import ShardedWriter, read_table
     from pipeline.tables import TRACES, from_rows
     from stages import split
 
     params = Params(data_dir=str(tmp_path / "data"), metrics_dir=str(tmp_path / "metrics"))
-    shutil.copytree(smol_tokenizer_dir, tmp_path / "data" / "base_model")
+    write_pointer_folder(ModelRef(str(smol_tokenizer_dir)), tmp_path / "data" / "base_model")  # a tokenizer is all split loads
     traces = [trace_row(name, tokenizer) for name in ODD_TRACES]
-    write_table(from_rows(traces, TRACES), tmp_path / "data" / "rounds" / "0" / "traces" / "part-00000.parquet")
+    writer = ShardedWriter(tmp_path / "data" / "rounds" / "0" / "traces", {"test": "odd traces"})  # a whole, marked folder
+    writer.write(0, from_rows(traces, TRACES))
+    writer.complete(1)
     split.run(params, 0)
     episodes = read_table(tmp_path / "data" / "rounds" / "0" / "episodes.parquet").to_pylist()
     for trace in traces:
