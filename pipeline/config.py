@@ -218,7 +218,7 @@ class ProverConfig(Section):
     adaptive: bool = False
     adaptive_initial: int = Field(1, gt=0)
     adaptive_step: int = Field(1, gt=0)
-    adaptive_risk: float = Field(0.1, ge=0, lt=1)  # settle a trace when completing it to K changes its decision at most this often
+    adaptive_risk: float = Field(0.15, ge=0, lt=1)  # settle a trace when completing it to K changes its decision at most this often
 
     @model_validator(mode="after")
     def _initial_within_k(self) -> "ProverConfig":

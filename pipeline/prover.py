@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from pipeline.adaptive import adaptive_settings, job_counts, plan_draws
 from pipeline.backends.base import Backend, Request, SamplingParams
 from pipeline.config import ProverConfig
 from pipeline.grading import Grader, default_grader
@@ -133,22 +134,15 @@ def _jobs(traces: list[dict], episode_ends: dict[str, list[int]], prompts: Promp
     return jobs
 
 
-def undecided(jobs: list[_Job], k: int, confidence: float) -> list[_Job]:
-    """Prefixes of one trace whose estimate could still change which prefix is best.
-
-    The best prefix is the earliest argmax of J. A prefix stays open (until it has k
-    samples) while its interval reaches the best prefix's interval, i.e. while it could
-    still be, or overtake, the best; the best prefix stays open while any rival does.
-    """
-    best = max(jobs, key=lambda job: (job.n_correct / job.n, -job.prefix.index))
-    best_low, _ = wilson_interval(best.n_correct, best.n, confidence)
-    rivals = [
-        job for job in jobs
-        if job is not best and job.n < k and wilson_interval(job.n_correct, job.n, confidence)[1] >= best_low
-    ]
-    if rivals and best.n < k:
-        rivals.append(best)
-    return rivals
+def next_draws(jobs: list[_Job], config: ProverConfig, stage: int) -> tuple[list[_Job], list[int]]:
+    """The prefixes to draw more answers for after `stage` rounds, and how many (`pipeline.adaptive`)."""
+    by_trace: dict[str, list[_Job]] = {}
+    for job in jobs:
+        by_trace.setdefault(job.trace["trace_id"], []).append(job)
+    plans = plan_draws([job_counts(group) for group in by_trace.values()], [f"{config.seed}:{t}" for t in by_trace],
+                       stage, adaptive_settings(config))
+    chosen = [(job, int(n)) for group, plan in zip(by_trace.values(), plans) for job, n in zip(group, plan) if n > 0]
+    return [job for job, _ in chosen], [n for _, n in chosen]
 
 
 def _sample_round(
@@ -183,8 +177,8 @@ def prove_traces(
     """Rows of the prover table for `traces` (see `pipeline.tables.PROVER`).
 
     Fixed sampling draws K answers per prefix. Adaptive sampling (`config.adaptive`) draws
-    `adaptive_initial` per prefix, then `adaptive_step` more for the prefixes that could
-    still change the trace's best prefix, until they separate or reach K.
+    `adaptive_initial` per prefix, then `adaptive_step` more where a trace's decision (j*,
+    keep) is still open, up to K (`pipeline.adaptive`).
     """
     jobs = _jobs(traces, episode_ends, prompts)
     first = config.adaptive_initial if config.adaptive else config.k
@@ -192,13 +186,9 @@ def prove_traces(
     _sample_round(jobs, [min(first, config.k)] * len(jobs), 0, answers, backend, config, on_done, grader)
     stage = 1
     while config.adaptive:
-        by_trace: dict[str, list[_Job]] = {}
-        for job in jobs:
-            by_trace.setdefault(job.trace["trace_id"], []).append(job)
-        open_jobs = [job for group in by_trace.values() for job in undecided(group, config.k, config.adaptive_confidence)]
+        open_jobs, counts = next_draws(jobs, config, stage)
         if not open_jobs:
             break
-        counts = [min(config.adaptive_step, config.k - job.n) for job in open_jobs]
         _sample_round(open_jobs, counts, stage, answers, backend, config, on_done, grader)
         stage += 1
     return [_row(job, config) for job in jobs]

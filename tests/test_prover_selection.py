@@ -75,27 +75,6 @@ def test_selection_skips_traces_without_a_correct_answer_at_the_best_prefix(toke
     assert len(star) == 1 and star[0]["completion_ids"][-1] == tokenizer.eos_token_id
 
 
-def _job(index, correct, n):
-    from pipeline.grading import CORRECT, INCORRECT, Grade
-    from pipeline.prover import Prefix, _Job
-
-    job = _Job({"trace_id": "t"}, Prefix(index, index, (), True), 2, [])
-    job.grades = [Grade(CORRECT if i < correct else INCORRECT, "x") for i in range(n)]
-    return job
-
-
-def test_undecided_keeps_sampling_only_where_the_best_prefix_could_change():
-    from pipeline.prover import undecided
-
-    clear = [_job(0, 0, 4), _job(1, 4, 4), _job(2, 0, 4)]
-    assert undecided(clear, k=8, confidence=0.8) == []  # intervals are apart
-    close = [_job(0, 1, 2), _job(1, 2, 2), _job(2, 0, 2)]
-    # 80 % Wilson: 2/2 -> [0.55, 1], 1/2 -> [0.16, 0.84] overlaps it, 0/2 -> [0, 0.45] does not.
-    assert {j.prefix.index for j in undecided(close, k=8, confidence=0.8)} == {0, 1}
-    full = [_job(0, 1, 2), _job(1, 2, 2)]
-    assert undecided(full, k=2, confidence=0.8) == []  # nothing left to spend
-
-
 def test_adaptive_prover_spends_at_most_k_and_starts_small(tokenizer, tiny_backend):
     prompts = PromptBuilder(tokenizer, "chatml_think")
     trace = make_trace(tokenizer, prompts)
