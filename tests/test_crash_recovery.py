@@ -32,7 +32,7 @@ import yaml
 from pipeline.io import COMPLETE, MANIFEST, IncompleteShardsError, read_table
 from pipeline.tables import PROVER, TRACES
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="signals, process groups and /proc")
+pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="signals, process groups and /proc"), pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 PROBLEMS = [

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +42,7 @@ def write_params(workdir: Path, model_dir: Path) -> None:
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
 
 
+@pytest.mark.slow
 def test_two_rounds_two_arms_with_dvc(tmp_path, tiny_model_dir):
     shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
     shutil.copytree(REPO / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
