@@ -329,6 +329,13 @@ def test_stages_write_only_through_the_layout(path):
     for node in ast.walk(tree):  # a second pass catches names bound from names found in the first
         if isinstance(node, ast.Assign) and _from_layout(node.value, derived):
             derived.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    for node in ast.walk(tree):  # with staged_model_folder(out) as staging: a temporary sibling of a layout path
+        if isinstance(node, ast.With):
+            for item in node.items:
+                call = item.context_expr
+                if (isinstance(call, ast.Call) and _name(call.func) == "staged_model_folder" and call.args
+                        and _from_layout(call.args[0], derived) and isinstance(item.optional_vars, ast.Name)):
+                    derived.add(item.optional_vars.id)
     problems = []
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
@@ -351,12 +358,16 @@ def _files(folder: Path) -> set[Path]:
 def test_stages_write_nothing_outside_their_roots(tmp_path, monkeypatch, smol_tokenizer_dir, tokenizer):
     """prepare-problems, split and score in a scratch working directory: every new file is under
     data_dir or metrics_dir, nothing lands in the working directory."""
-    import shutil
-
     from pipeline.config import Params
-    from pipeline.io import read_table, write_table
+    from pipeline.io import ShardedWriter, read_table
+    from pipeline.models import ModelRef, write_pointer_folder
     from pipeline.tables import PROVER, TRACES, from_rows
     from stages import prepare, score, split
+
+    def write_marked(folder: Path, table) -> None:  # a whole shard folder, as the stages leave one
+        writer = ShardedWriter(folder, {"test": folder.name})
+        writer.write(0, table)
+        writer.complete(1)
 
     cwd = tmp_path / "cwd"
     cwd.mkdir()
@@ -368,7 +379,7 @@ def test_stages_write_nothing_outside_their_roots(tmp_path, monkeypatch, smol_to
 
     prepare.run_problems(params)
     problems = read_table(data / "problems" / "train.parquet").to_pylist()
-    shutil.copytree(smol_tokenizer_dir, data / "base_model")  # a tokenizer is all `split` loads
+    write_pointer_folder(ModelRef(str(smol_tokenizer_dir)), data / "base_model")  # a tokenizer is all `split` loads
     before = _files(tmp_path)
 
     traces = []
@@ -381,7 +392,7 @@ def test_stages_write_nothing_outside_their_roots(tmp_path, monkeypatch, smol_to
             "finish_reason": "stop", "thinking_end": len(ids) - 8, "answer_text": "\\boxed{2}", "extracted": "2",
             "grade": "incorrect", "correct": False, "model": "test",
         })
-    write_table(from_rows(traces, TRACES), data / "rounds" / "0" / "traces" / "part-00000.parquet")
+    write_marked(data / "rounds" / "0" / "traces", from_rows(traces, TRACES))
     split.run(params, 0)
     prover = [
         {"trace_id": t["trace_id"], "problem_id": t["problem_id"], "prefix_index": j, "n_episodes": 1, "prefix_tokens": 5 * j,
@@ -389,7 +400,7 @@ def test_stages_write_nothing_outside_their_roots(tmp_path, monkeypatch, smol_to
          "mean_answer_tokens": 3.0, "correct_answer": None, "correct_answer_ids": None}
         for t in traces for j in (0, 1)
     ]
-    write_table(from_rows(prover, PROVER), data / "rounds" / "0" / "prover" / "part-00000.parquet")
+    write_marked(data / "rounds" / "0" / "prover", from_rows(prover, PROVER))
     score.run(params, 0)
 
     assert _files(cwd) == set()
