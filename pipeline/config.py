@@ -152,6 +152,24 @@ class BackendConfig(Section):
         return self
 
 
+class TraceColumns(Section):
+    """Columns of a traces file: the problem text, the completion (a text, or a list of texts: several
+    traces of one problem), and optionally an id matched against the problems' ids."""
+
+    problem: str = "problem"
+    completion: str = "completion"
+    id: str | None = None  # null: a trace is matched to its training problem by the problem text
+
+
+class TracesSourceConfig(Section):
+    """Round 0 from long-CoT generations a user already has, instead of sampling (docs/own-traces.md)."""
+
+    path: str
+    format: Literal["auto", "jsonl", "parquet"] = "auto"  # auto: by the file suffix (.parquet, else JSONL)
+    columns: TraceColumns = Field(default_factory=TraceColumns)
+    max_tokens: int | None = Field(None, gt=0)  # completions longer than this are rejected (too_long); null: any
+
+
 class SampleConfig(Section):
     """Trace sampling: `n` traces per training problem."""
 
@@ -161,6 +179,7 @@ class SampleConfig(Section):
     max_tokens: int = Field(128, gt=0)
     seed: int = 0
     shard_size: int = Field(16, gt=0)
+    traces_source: TracesSourceConfig | None = None  # set: round 0 imports these traces instead of sampling
 
 
 class EpisodesConfig(Section):
@@ -266,8 +285,10 @@ class GradingConfig(Section):
     """Answer grading (`pipeline.grading`): which text fallbacks extract an answer when there
     is no `\\boxed{}`, the hard time limit per answer, and the worker processes that enforce it."""
 
-    fallbacks: list[Literal["final_answer_is", "answer_colon"]] = Field(
-        default_factory=lambda: ["final_answer_is", "answer_colon"]
+    fallbacks: list[
+        Literal["final_answer_is", "answer_colon", "hashes", "last_line", "last_latex", "last_number", "single_word"]
+    ] = Field(  # docs/grading.md: the rules in order; the default is pipeline.grading.DEFAULT_FALLBACKS
+        default_factory=lambda: ["final_answer_is", "answer_colon", "hashes", "last_line", "last_latex", "last_number"]
     )
     timeout_seconds: float = Field(3.0, gt=0, le=600)
     workers: int = Field(2, ge=1, le=64)  # >= 1: the time limit is enforced by killing a worker

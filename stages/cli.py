@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+from enum import Enum
 from pathlib import Path
-from typing import Callable
+from typing import Callable, get_args
 
 import typer
 
-from pipeline.config import ConfigError, Params, load_params
+from pipeline.config import ArmName, ConfigError, Params, load_params
+from pipeline.io import ConcurrentRunError, ShardPart, set_shard_part
 from pipeline.launch import LaunchError
 from pipeline.models import ModelNotFoundError
 from pipeline.problems import ProblemSourceError
@@ -23,16 +25,45 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"mrt-star {version('mrt-star')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            typer.echo("mrt-star (not installed: version unknown)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Options before the command (--version); the help text is the app's."""
+
+
 ParamsOption = typer.Option(None, "--params", "-p", help="Parameters file (default: ./params.yaml, the one DVC reads).")
 DEFAULT_PARAMS = Path("params.yaml")
 SetOption = typer.Option(None, "--set", "-s", help="Override a parameter, e.g. --set sample.n=4 (repeatable).")
-RoundOption = typer.Option(0, "--round", "-r", min=0, help="Round index: round r samples with round r-1's model.")
+Arm = Enum("Arm", {name: name for name in get_args(ArmName)}, type=str)  # offered as choices in --help
 ArmOption = typer.Option(
-    None, "--arm", "-a", help="Arm (selection rule) whose models and data to use: mrt or star; default: the first in `arms`. "
+    None, "--arm", "-a", show_choices=True,
+    help="Arm (selection rule) whose models and data to use; it must be listed in `arms` (default: the first there). "
     "Round 0 samples the base model once for all arms.",
 )
+# What --round means differs per command: whose samples, which round's samples trained on, which policy evaluated.
+ROUND_HELP = {
+    "samples": "Round r: the samples of round r, drawn with the policy trained in round r-1 (0: the base model).",
+    "trains": "Round r: works on the targets selected from round r's samples; the model trained on them "
+    "samples round r+1.",
+    "policy": "Round r: evaluates the policy after r rounds of training (0: the base model).",
+}
 
-_EXPECTED_ERRORS = (ConfigError, ModelNotFoundError, ProblemSourceError, FileNotFoundError, ValueError, LaunchError)
+_EXPECTED_ERRORS = (ConfigError, ModelNotFoundError, ProblemSourceError, FileNotFoundError, ValueError, LaunchError,
+                    ConcurrentRunError)
+
 
 # Failures of the machine or the input rather than of the code: a one-line message, exit code 2.
 _ENVIRONMENT_ERRORS = (OSError, RecursionError, MemoryError)
@@ -59,7 +90,6 @@ def _describe(error: BaseException, params: Params | None) -> str:
     if isinstance(error, MemoryError):
         return "out of memory" + (f": {error}" if str(error) else "")
     return str(error)
-
 
 
 def _run(params_file: Path | None, overrides: list[str] | None, action: Callable[[Params], str]) -> None:
@@ -105,27 +135,63 @@ def prepare_all(params: Path = ParamsOption, set_: list[str] = SetOption) -> Non
     _run(params, set_, lambda p: prepare.run_model(p) + "\n" + prepare.run_problems(p))
 
 
-def _round_command(name: str, module: str, doc: str) -> None:
+ShardIndexOption = typer.Option(0, "--shard-index", min=0, help="This node's share of the shards: shard i is "
+                                "written by the node with i % num-shards == shard-index (SLURM_ARRAY_TASK_ID, a Ray task).")
+NumShardsOption = typer.Option(1, "--num-shards", min=1, help="How many nodes share the stage's shards in one folder; "
+                               "the last to finish (or a run without these flags) marks the folder complete.")
+
+
+def _round_command(name: str, module: str, doc: str, rounds: str, sharded: bool = False) -> None:
+    RoundOption = typer.Option(0, "--round", "-r", min=0, help=ROUND_HELP[rounds])
+
     def command(
-        round_index: int = RoundOption, arm: str = ArmOption, params: Path = ParamsOption, set_: list[str] = SetOption
+        round_index: int = RoundOption, arm: Arm = ArmOption, params: Path = ParamsOption, set_: list[str] = SetOption
     ) -> None:
         import importlib
 
         stage = importlib.import_module(f"stages.{module}")
-        _run(params, set_, lambda p: stage.run(p, round_index, arm))
+        _run(params, set_, lambda p: stage.run(p, round_index, arm.value if arm else None))
 
-    command.__doc__ = doc
-    app.command(name)(command)
+    def sharded_command(
+        round_index: int = RoundOption, arm: Arm = ArmOption, params: Path = ParamsOption, set_: list[str] = SetOption,
+        shard_index: int = ShardIndexOption, num_shards: int = NumShardsOption,
+    ) -> None:
+        try:
+            set_shard_part(ShardPart(shard_index, num_shards))
+        except ValueError as error:
+            typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from None
+        command(round_index, arm, params, set_)
+
+    chosen = sharded_command if sharded else command
+    chosen.__doc__ = doc
+    app.command(name)(chosen)
 
 
-_round_command("sample", "sample", "Sample traces for the training problems with this round's policy; graded, sharded, resumable.")
-_round_command("split", "split", "Split every trace's thinking block into episodes (marker, regex or token-window rule).")
-_round_command("prove", "prove", "Meta-prover: force an answer K times after every episode prefix; estimates J(j). Sharded, resumable.")
-_round_command("score", "score", "Progress per episode (J(j) - J(j-1)) and normalized cumulative regret per trace.")
-_round_command("select", "select", "Select the arm's SFT targets: MRT-STaR (truncate at the best prefix) or STaR; writes round metrics.")
-_round_command("train", "train", "Supervised fine-tuning with trl on the selected targets (loss on the completion only).")
-_round_command("export", "export", "Export for other trainers: SFT targets as token ids, prompt/completion text and messages; per-episode progress as trl stepwise supervision and RL rewards.")
-_round_command("evaluate", "evaluate", "Evaluate the arm's policy after r rounds (0: base model) on the eval split: pass@k, maj@k, tokens, accuracy vs budget, extrapolation.")
+@app.command("import-traces")
+def import_traces(params: Path = ParamsOption, set_: list[str] = SetOption) -> None:
+    """Round 0 from traces you already have (sample.traces_source: JSONL/Parquet with problem and completion
+    columns) instead of sampling: tokenized, thinking located, graded like sampled traces, sharded."""
+    from stages import import_traces as stage
+
+    _run(params, set_, stage.run)
+
+
+_round_command("sample", "sample", "Sample traces for the training problems with this round's policy; graded, sharded, resumable.", "samples", sharded=True)
+_round_command("split", "split", "Split every trace's thinking block into episodes (marker, regex or token-window rule).", "samples")
+_round_command("prove", "prove", "Meta-prover: force an answer K times after every episode prefix; estimates J(j). Sharded, resumable.", "samples", sharded=True)
+_round_command("score", "score", "Progress per episode (J(j) - J(j-1)) and normalized cumulative regret per trace.", "samples")
+_round_command("select", "select", "Select the arm's SFT targets: MRT-STaR (truncate at the best prefix) or STaR; writes round metrics.", "trains")
+_round_command("train", "train", "Supervised fine-tuning with trl on the selected targets (loss on the completion only).", "trains")
+_round_command("export", "export", "Export for other trainers: SFT targets as token ids, prompt/completion text and messages; per-episode progress as trl stepwise supervision and RL rewards.", "trains")
+_round_command("evaluate", "evaluate", "Evaluate the arm's policy after r rounds (0: base model) on the eval split: pass@k, maj@k, tokens, accuracy vs budget, extrapolation.", "policy", sharded=True)
+
+
+class GradeMode(str, Enum):
+    """What the prediction column of `mrt grade` holds."""
+
+    completion = "completion"
+    answer = "answer"
 
 
 @app.command("grade")
@@ -134,8 +200,10 @@ def grade(
     output: Path = typer.Option(None, "--output", "-o", help="Where to write (.parquet or .jsonl); default INPUT.graded.parquet."),
     gold_column: str = typer.Option("gold", "--gold-column", help="Column with the gold answers."),
     prediction_column: str = typer.Option("prediction", "--prediction-column", help="Column with the predictions."),
-    extract: bool = typer.Option(True, "--extract/--no-extract", help="Predictions are whole completions (extract the final answer) or already answers."),
-    timeout: float = typer.Option(3.0, "--timeout", min=0.1, help="Hard limit in seconds per answer."),
+    mode: GradeMode = typer.Option(
+        "completion", "--mode", help="completion: whole model outputs, graded on the answer after </think>; answer: bare answers (a sentence is read like a prediction)."
+    ),
+    timeout: float = typer.Option(3.0, "--timeout", min=0.1, help="Limit per answer, in the grading worker's CPU seconds."),
     workers: int = typer.Option(2, "--workers", min=1, help="Grading processes."),
 ) -> None:
     """Grade (gold, prediction) pairs from any pipeline: correct / incorrect / unparsed, with the reason."""
@@ -145,7 +213,7 @@ def grade(
     output = output or input_path.with_name(input_path.stem + ".graded.parquet")
     try:
         with Grader(workers=workers, timeout_seconds=timeout) as grader:
-            counts = grade_file(input_path, output, gold_column, prediction_column, extract, grader)
+            counts = grade_file(input_path, output, gold_column, prediction_column, mode.value, grader)
     except (GradeFileError, *_ENVIRONMENT_ERRORS) as error:
         _say(f"error: {_describe(error, None)}", typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None

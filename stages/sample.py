@@ -11,6 +11,10 @@ from stages.common import layout, lazy_policy, open_grader, problems_hash, rows,
 
 
 def run(params: Params, round_index: int, arm: str | None = None) -> str:
+    if round_index == 0 and params.sample.traces_source is not None:  # round 0 from the user's traces
+        from stages import import_traces
+
+        return import_traces.run(params)
     paths = layout(params, arm)
     problems = rows(paths.problems_split("train"))
     policy = paths.policy(round_index)
