@@ -538,11 +538,13 @@ THINKING = "Let me add.\n\nOne plus one.\n\nStill adding.\n\nWait, check again.\
 ODD_TRACES = {
     # name: (completion text, finish_reason, closed, answer)
     "normal": (THINKING + "\n</think>\n\nThe answer is \\boxed{2}.", "stop", True, "2"),
-    "never_closed": (THINKING, "stop", False, None),
+    # No </think>: the grader reads the whole text as the answer part, and its last number is 2
+    # (math-verify's last-number rule); sampling never sends such a trace to the grader.
+    "never_closed": (THINKING, "stop", False, "2"),
     "never_closed_with_box": (THINKING + " So \\boxed{2}", "stop", False, "2"),  # no </think>: whole text is the answer part
     "nothing_after": (THINKING + "\n</think>", "stop", True, None),
     "only_whitespace_after": (THINKING + "\n</think>\n\n  \n", "stop", True, None),
-    "cut_in_close_tag": (THINKING + "\n</thi", "length", False, None),
+    "cut_in_close_tag": (THINKING + "\n</thi", "length", False, "2"),
     "cut_in_box": (THINKING + "\n</think>\n\nThe answer is \\boxed{2", "length", True, None),
     "cut_mid_word": (THINKING[:37], "length", False, None),
     "empty": ("", "stop", False, None),

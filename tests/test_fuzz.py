@@ -253,12 +253,14 @@ def check_extraction(text: str) -> str | None:
     if "\\boxed" not in part and "\\fbox" not in part:
         assert boxed is None
     answer = extract_answer(text)
-    assert answer is None or (isinstance(answer, str) and answer and answer == answer.strip() and answer in part)
-    if boxed:
-        assert answer == boxed
+    # Joined boxes ("1, 2"), a percent word ("28\\%") or a plain number ("1,000" -> "1000") make an
+    # answer that is not a substring of the text (issue 14); it is still stripped and non-empty.
+    assert answer is None or (isinstance(answer, str) and answer and answer == answer.strip())
+    if boxed and "i hope" not in part.lower():  # Minerva's "final answer is X. I hope" outranks an earlier box
+        assert answer.endswith(boxed)
     for fallbacks in ([], ["final_answer_is"], ["answer_colon"]):
         other = extract_answer(text, fallbacks)
-        assert other is None or other in part
+        assert other is None or (other and other == other.strip())
     return answer
 
 

@@ -2,25 +2,47 @@
 
 Only the LaTeX extraction is used: math-verify's plain-expression extraction hands text to
 sympy's `parse_expr`, which evaluates Python, and model output must never be evaluated.
-These functions have no time limit of their own; `pipeline.grading.pool` runs them in
-worker processes under a deadline.
+Gold answers and bare answers are read like predictions when they are not a bare expression
+(a sentence, a worked solution, delimited math, boxes): see `prepare`. These functions have no
+time limit of their own; `pipeline.grading.pool` runs them in worker processes under a limit.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import re
+from decimal import Decimal
 from functools import lru_cache
 
 from math_verify import LatexExtractionConfig, parse, verify
+from sympy import And, FiniteSet, GreaterThan, LessThan, Or, Set, StrictGreaterThan, StrictLessThan
 
-from pipeline.grading.extraction import last_boxed
+from pipeline.grading.extraction import DEFAULT_FALLBACKS, has_box, is_prose, read_answer
 from pipeline.grading.normalize import readings
 
 CORRECT, INCORRECT, UNPARSED = "correct", "incorrect", "unparsed"
 MAX_ANSWER_CHARS = 2000
+MAX_GOLD_CHARS = 20_000  # a worked solution is read at its answer, not parsed whole
 _LATEX = [LatexExtractionConfig(boxed_match_priority=0)]
+_BIG_EXPONENT = re.compile(r"\^\s*\{?\s*\(?\s*\d{5,}")
+_NUMBER_TOWER = re.compile(r"\^\s*\{?\s*(\d{1,6})\s*\^\s*\{?\s*(\d{1,6})")
+_PLAIN_DECIMAL = re.compile(r"[+-]?\d{1,40}(?:\.\d{1,40})?")
+_DELIMITER = re.compile(r"(?<!\\)\$|\\[()\[\]]")
 # Time limits are enforced by the worker pool, so math-verify's "timeout disabled" notice is noise.
 logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+
+def prepare(text: str, gold: bool = False) -> str:
+    """The answer to parse from a gold or bare answer: the text itself when it is a bare
+    expression, else what the extraction rules read from it ("" when they find nothing).
+    Every box of a gold answer counts (`\\boxed{1} papers and \\boxed{2} bins`)."""
+    text = str(text).strip()
+    if not text or len(text) > MAX_GOLD_CHARS:
+        return ""
+    if not is_prose(text) and not _DELIMITER.search(text) and not has_box(text):
+        return text
+    return read_answer(text, (*DEFAULT_FALLBACKS, "single_word")) or ""
 
 
 @lru_cache(maxsize=65536)
@@ -38,27 +60,101 @@ def parse_math(text: str) -> tuple:
 
 
 def gold_text(answer: str) -> str:
-    """The gold answer to parse: a worked solution (NuminaMath style) is read at its last box."""
-    text = str(answer).strip()
-    return last_boxed(text) or text
+    """The gold answer to parse: a sentence or worked solution is read at its answer."""
+    return prepare(answer, gold=True) or str(answer).strip()
 
 
 def parse_gold(answer: str) -> tuple:
-    return parse_math(gold_text(answer))
+    return parse_math(prepare(answer, gold=True))
+
+
+_INEQUALITIES = (StrictLessThan, LessThan, StrictGreaterThan, GreaterThan)
+
+
+def _is_condition(expr) -> bool:
+    """An inequality, or inequalities joined by and / or (equations are math-verify's to compare)."""
+    if isinstance(expr, _INEQUALITIES):
+        return True
+    return isinstance(expr, (And, Or)) and all(_is_condition(arg) for arg in expr.args)
+
+
+def too_complex(answer: str) -> bool:
+    """An integer exponent of 10,000 or more, or a tower of numbers whose exponent passes 10^4
+    (`10^{10^{10}}`): no competition answer, and sympy would spend the whole time limit on it.
+    Decided from the digits alone, so such answers cost no worker time and no timeout."""
+    if _BIG_EXPONENT.search(answer):
+        return True
+    for match in _NUMBER_TOWER.finditer(answer):
+        base, exponent = int(match.group(1)), int(match.group(2))
+        if base >= 2 and exponent * math.log10(base) > 4:  # the tower's exponent is base^exponent > 10^4
+            return True
+    return False
+
+
+def plain_numbers_verdict(gold: str, predicted: str) -> tuple[str, None] | None:
+    """The verdict for two plain decimal numbers (`42`, `-3.50`), compared exactly without sympy,
+    so the commonest answers never wait for a worker; None for anything else."""
+    gold, predicted = str(gold).strip(), predicted.strip()
+    if not (_PLAIN_DECIMAL.fullmatch(gold) and _PLAIN_DECIMAL.fullmatch(predicted)):
+        return None
+    return (CORRECT, None) if Decimal(gold) == Decimal(predicted) else (INCORRECT, None)
+
+
+def _as_set(expr) -> Set | None:
+    """Inequalities in one variable as the set they describe (`x < 3` -> (-oo, 3)), else None.
+
+    `x < -1 \\text{ or } x > 2` parses as a set of inequalities: their union."""
+    if isinstance(expr, FiniteSet) and expr.args and all(_is_condition(arg) for arg in expr.args):
+        expr = Or(*expr.args)
+    if not _is_condition(expr) or len(expr.free_symbols) != 1:
+        return None
+    try:
+        return expr.as_set()
+    except (NotImplementedError, TypeError, ValueError):
+        return None
+
+
+def _same_set(gold: tuple, predicted: tuple) -> bool:
+    """Inequality vs interval, both ways: compare the sets that conditions in one variable describe."""
+    gold_set = gold[0] if isinstance(gold[0], Set) and not isinstance(gold[0], FiniteSet) else _as_set(gold[0])
+    predicted_set = (
+        predicted[0] if isinstance(predicted[0], Set) and not isinstance(predicted[0], FiniteSet) else _as_set(predicted[0])
+    )
+    if gold_set is None or predicted_set is None:
+        return False
+    gold_condition, predicted_condition = _as_set(gold[0]) is not None, _as_set(predicted[0]) is not None
+    if not (gold_condition or predicted_condition):
+        return False  # two plain intervals: math-verify has compared them already
+    if gold_condition and predicted_condition and gold[0].free_symbols != predicted[0].free_symbols:
+        return False  # x < 3 is not y < 3
+    return verify([gold_set], [predicted_set], timeout_seconds=None, raise_on_error=False)
 
 
 def judge(gold: str, predicted: str) -> tuple[str, str | None]:
     """(grade, reason) for an extracted prediction; reason says why a grade is `unparsed`."""
+    plain = plain_numbers_verdict(gold, predicted)
+    if plain is not None:
+        return plain
+    if too_complex(predicted):
+        return UNPARSED, "too_complex"
     gold_parsed = parse_gold(gold)
     if not gold_parsed:
         return UNPARSED, "unparsed_gold"
-    predicted_parsed = parse_math(predicted.strip())
+    predicted_text = prepare(predicted)
+    if predicted_text and " ".join(predicted_text.split()) == " ".join(prepare(gold, gold=True).split()):
+        return CORRECT, None  # the same text as a gold that parses: no need to compare values
+    predicted_parsed = parse_math(predicted_text)
     if not predicted_parsed:
         return UNPARSED, "unparsed_prediction"
     if len(gold_parsed) == 2 and len(predicted_parsed) == 2:  # both percentages: compare as percentages
         gold_parsed, predicted_parsed = gold_parsed[:1], predicted_parsed[:1]
     for gold_reading in gold_parsed:
         for predicted_reading in predicted_parsed:
-            if verify(list(gold_reading), list(predicted_reading), timeout_seconds=None, raise_on_error=False):
+            if verify(
+                list(gold_reading), list(predicted_reading), allow_set_relation_comp=True, timeout_seconds=None,
+                raise_on_error=False,
+            ):
+                return CORRECT, None
+            if _same_set(gold_reading, predicted_reading):
                 return CORRECT, None
     return INCORRECT, None

@@ -17,6 +17,7 @@ from pipeline.grading.pool import Grader
 from pipeline.io import _atomic_replace, write_table
 
 SUFFIXES = (".parquet", ".jsonl")
+MODES = ("completion", "answer")
 
 
 class GradeFileError(ValueError):
@@ -69,9 +70,14 @@ def _to_table(rows: list[dict]) -> pa.Table:
 
 
 def grade_file(
-    input_path: Path, output_path: Path, gold_column: str, prediction_column: str, extract: bool, grader: Grader
+    input_path: Path, output_path: Path, gold_column: str, prediction_column: str, mode: str, grader: Grader
 ) -> Counter:
-    """Grade every row; returns the count of each grade (and of each unparsed reason)."""
+    """Grade every row; returns the count of each grade (and of each unparsed reason).
+
+    `mode`: `completion` (whole model outputs: the answer is read after `</think>`) or `answer`
+    (bare answers, as another pipeline extracted them)."""
+    if mode not in MODES:
+        raise GradeFileError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     if output_path.suffix not in SUFFIXES:
         raise GradeFileError(f"{output_path}: the output must end in .parquet or .jsonl")
     rows = read_rows(input_path)
@@ -79,7 +85,7 @@ def grade_file(
         raise GradeFileError(f"{input_path}: no rows to grade")
     golds = [gold or "" for gold in _column(rows, gold_column, input_path)]
     predictions = _column(rows, prediction_column, input_path)
-    if extract:
+    if mode == "completion":
         grades = grader.grade_completions(golds, [p or "" for p in predictions])
     else:
         grades = grader.grade_answers(golds, [p if p and p.strip() else None for p in predictions])

@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import re
 
+from pipeline.grading.extraction import plain_number
+
 _CALL = re.compile(r"\b(sqrt|binom|choose|nCr|C)\s*\(")
 _FUNCTION = re.compile(r"\b(ln|log|exp|sin|cos|tan|cot|sec|csc|arcsin|arccos|arctan)\s*(?=\()")
 _THIN_SPACE_THOUSANDS = re.compile(r"(?<=\d)\\[,;:! ](?=\d{3}(?!\d))")  # 1\,000 -> 1000
+_SPACE_THOUSANDS = re.compile(r"(?<![\d.,])\d{1,3}(?:[ \u00a0\u2009\u202f]\d{3})+(?![\d])")  # 1 000, 1\u2009000
+_PLAIN_NUMBER = re.compile(r"[-−]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|0,\d+|\d+,\d{2})")
+_MATHRM_LETTER = re.compile(r"\\mathrm\s*\{\s*([A-Za-z])\s*\}")
+_LONE_DOLLAR = re.compile(r"(?<!\\)\$")
+_AND_OR = re.compile(r"\s+(?:and|or)\s+")
 _SYMBOLS = {"°": "^\\circ", "\\varnothing": "\\emptyset", "−": "-", "×": "\\times ", "π": "\\pi "}
 _PI = re.compile(r"(?<![\\A-Za-z])pi(?![A-Za-z])")
-_PERCENT = re.compile(r"^(.*?)\s*(?:\\%|%|\\text\{\s*\\?%\s*\}|\\percent)\s*$", re.DOTALL)
+_PERCENT = re.compile(
+    r"^(.*?)\s*(?:\\%|%|\\text\{\s*\\?%\s*\}|\\percent|(?:\\text\{\s*)?(?:percent(?:age)?|pct)\s*\}?)\s*$",
+    re.DOTALL | re.IGNORECASE,
+)
 _MAX_REWRITES = 64
 
 
@@ -72,9 +82,16 @@ def plain_to_latex(text: str) -> str:
 def readings(text: str) -> tuple[str, ...]:
     """The LaTeX readings of one answer: usually one, two for a percentage."""
     text = text.strip().rstrip(".").rstrip()  # a sentence's full stop is not part of the answer
+    text = _LONE_DOLLAR.sub(" ", text).strip()  # a box that spans math delimiters: `12 $ and $13`
+    if "\\text" not in text:
+        text = _AND_OR.sub(", ", text)  # `x = 1 or x = 2`: the set of both
     for symbol, latex in _SYMBOLS.items():
         text = text.replace(symbol, latex)
+    text = _MATHRM_LETTER.sub(r"\1", text)  # \mathrm{e}: the constant e, not a unit to drop
     text = _THIN_SPACE_THOUSANDS.sub("", plain_to_latex(text))
+    text = _SPACE_THOUSANDS.sub(lambda m: re.sub(r"\s", "", m.group()), text)
+    if _PLAIN_NUMBER.fullmatch(text):  # 7,425,000 / 0,111 / 2,74: one plain-text number
+        text = plain_number(text)
     match = _PERCENT.match(text)
     if match and match.group(1).strip():
         number = match.group(1).strip()

@@ -1,11 +1,14 @@
-"""Batch grading with a hard per-answer time limit, from any thread.
+"""Batch grading with a per-answer limit in CPU time, from any thread.
 
 math-verify's own timeout uses SIGALRM, which only works in a process's main thread, and
-cannot stop C-level arithmetic. Here answers are judged in worker processes: each answer
-gets `timeout_seconds` from the moment the worker could start it; a worker that misses the
-deadline is killed and replaced, its answer is recorded as `unparsed` with reason `timeout`,
-and the rest of its batch goes back in the queue. Identical (gold, answer) pairs are judged
-once (an LRU cache), and answers are extracted in the parent, so a thousand completions
+cannot stop C-level arithmetic. Here answers are judged in worker processes, and each answer
+gets `timeout_seconds` of the worker's own CPU time (read from /proc), so a busy machine does
+not change a grade: a soft timer in the worker stops slow Python code at 80 % of the limit, and
+a worker whose CPU time passes the limit is killed and replaced (C-level arithmetic). A generous
+wall-clock backstop only catches a worker that gets no CPU at all (stopped). An answer that
+timed out is judged once more by a worker running alone before it is recorded as `timeout`.
+The rest of a killed worker's batch goes back in the queue. Identical (gold, answer) pairs are
+judged once (an LRU cache), and answers are extracted in the parent, so a thousand completions
 that all end in `\\boxed{2}` cost one judgement.
 """
 
@@ -24,19 +27,35 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.grading.equivalence import CORRECT, MAX_ANSWER_CHARS, UNPARSED
+from pipeline.grading.equivalence import CORRECT, MAX_ANSWER_CHARS, UNPARSED, plain_numbers_verdict, too_complex
 from pipeline.grading.extraction import DEFAULT_FALLBACKS, extract_answer
 from pipeline.grading.worker import judge_task
 
 STARTUP_SECONDS = 30.0  # allowance for a new worker's imports, on top of the per-answer limit
+SOFT_FRACTION = 0.8  # the worker's own timer stops Python-level work at this share of the limit
+BACKSTOP_FACTOR, BACKSTOP_SECONDS = 4.0, 5.0  # wall-clock backstop: 4 x limit + 5 s without CPU progress
+POLL_SECONDS = 0.1  # how often a busy worker's CPU time is read
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _WORKER_MAIN = "from pipeline.grading.worker import main; main()"
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) a process has used, from /proc; None where /proc has no entry."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2 :].split()  # the command name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
 @dataclass(frozen=True)
 class Grade:
     """One graded answer. `reason` says why a grade is `unparsed`:
-    no_answer, too_long, unparsed_gold, unparsed_prediction, timeout or error."""
+    no_answer, too_long, too_complex (`equivalence.too_complex`), unparsed_gold, unparsed_prediction, timeout (over the CPU-time limit
+    twice, the second time alone) or error (the worker died or never started)."""
 
     grade: str
     extracted: str | None
@@ -51,18 +70,39 @@ class Grade:
 class GraderStats:
     requested: int = 0
     judged: int = 0  # sent to a worker (the rest came from the cache or needed no judgement)
-    timeouts: int = 0
+    timeouts: int = 0  # recorded as `timeout` (after the retry)
+    retried: int = 0  # timed out once and judged again by a worker alone
     workers_replaced: int = 0
-    slowest_seconds: float = 0.0
+    slowest_seconds: float = 0.0  # CPU seconds of the slowest judgement
 
 
 @dataclass
 class _Worker:
     process: subprocess.Popen
     pending: deque = field(default_factory=deque)
-    deadline: float = 0.0
+    deadline: float = 0.0  # wall-clock backstop, pushed back while the worker makes CPU progress
+    cpu_start: float | None = None  # the worker's CPU time when its current answer started
+    cpu_seen: float | None = None  # its CPU time at the last poll
     buffer: bytes = b""
     started: bool = False  # has said it is ready (imports done)
+
+    def start_clock(self, limit: float, startup: float = 0.0) -> None:
+        """The current answer starts now: its CPU time counts from here."""
+        self.cpu_start = self.cpu_seen = cpu_seconds(self.process.pid)
+        self.deadline = time.monotonic() + BACKSTOP_FACTOR * limit + BACKSTOP_SECONDS + startup
+
+    def over_limit(self, limit: float) -> bool:
+        """Past the CPU-time limit on its current answer, or stalled past the wall-clock backstop.
+
+        A worker that a busy machine slows down still gains CPU time, so the backstop moves
+        with it; only one that gets no CPU at all (stopped, swapping) runs into it."""
+        used = cpu_seconds(self.process.pid)
+        if used is not None and self.cpu_seen is not None and used > self.cpu_seen:
+            self.cpu_seen = used
+            self.deadline = max(self.deadline, time.monotonic() + BACKSTOP_FACTOR * limit + BACKSTOP_SECONDS)
+        if time.monotonic() >= self.deadline:
+            return True
+        return self.started and used is not None and self.cpu_start is not None and used - self.cpu_start > limit
 
     def send(self, batch: list) -> None:
         self.process.stdin.write((json.dumps(batch) + "\n").encode())
@@ -151,6 +191,10 @@ class Grader:
                     verdicts[index] = (UNPARSED, "no_answer")
                 elif kind == "grade" and len(answer) > MAX_ANSWER_CHARS:
                     verdicts[index] = (UNPARSED, "too_long")
+                elif kind == "grade" and (plain := plain_numbers_verdict(gold, answer)) is not None:
+                    verdicts[index] = plain
+                elif kind == "grade" and too_complex(answer):
+                    verdicts[index] = (UNPARSED, "too_complex")
                 elif task in self._cache:
                     self._cache.move_to_end(task)
                     verdicts[index] = self._cache[task]
@@ -175,7 +219,7 @@ class Grader:
 
     def _spawn(self) -> _Worker:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
-        command = [sys.executable, "-c", _WORKER_MAIN, str(0.8 * self.timeout_seconds)]
+        command = [sys.executable, "-c", _WORKER_MAIN, str(SOFT_FRACTION * self.timeout_seconds)]
         # Own process group: a terminal's Ctrl-C is the caller's to handle, not the workers'. A
         # worker exits when its stdin closes, so it never outlives the caller, even after SIGKILL.
         process = subprocess.Popen(
@@ -194,65 +238,85 @@ class Grader:
         return fresh
 
     def _judge_in_workers(self, tasks: list[tuple]) -> list[tuple[str, str | None]]:
+        """Judge in the pool; an answer that timed out is judged again by one worker alone."""
         if not tasks:
             return []
         while len(self._pool) < self.workers:
             self._pool.append(self._spawn())
         results: list[tuple[str, str | None] | None] = [None] * len(tasks)
-        queue = deque(range(len(tasks)))
+        timed_out = self._run(tasks, list(range(len(tasks))), self._pool, results)
+        self.stats.retried += len(timed_out)
+        for index in timed_out:  # one at a time, the other workers idle: no sibling shares the CPU
+            alone = [next((w for w in self._pool if w.started), self._pool[0])]  # one past its imports
+            if self._run(tasks, [index], alone, results):
+                results[index] = (UNPARSED, "timeout")
+                self.stats.timeouts += 1
+        return results  # type: ignore[return-value]
+
+    def _run(self, tasks: list[tuple], indices: list[int], pool: list[_Worker], results: list) -> list[int]:
+        """Judge `tasks[i]` for i in `indices` with the workers in `pool`; returns those that timed out."""
+        queue = deque(indices)
         busy: list[_Worker] = []
+        timed_out: list[int] = []
+        limit = self.timeout_seconds
         while queue or busy:
-            for worker in self._pool:
+            for position, worker in enumerate(pool):
                 if worker.pending or not queue:
                     continue
-                size = max(1, min(self.chunk_size, -(-len(queue) // len(self._pool))))
+                size = max(1, min(self.chunk_size, -(-len(queue) // len(pool))))
                 chunk = [queue.popleft() for _ in range(min(size, len(queue)))]
                 worker.send([(i, *tasks[i]) for i in chunk])
                 worker.pending.extend(chunk)
                 # Until a fresh worker says it is ready (imports done), its start-up is allowed for.
-                worker.deadline = time.monotonic() + self.timeout_seconds + self._startup_allowance(worker)
+                worker.start_clock(limit, 0.0 if worker.started else STARTUP_SECONDS)
                 busy.append(worker)
-            timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
-            ready = wait([w.process.stdout for w in busy], timeout=timeout)
+            next_deadline = min(w.deadline for w in busy) - time.monotonic()
+            ready = wait([w.process.stdout for w in busy], timeout=max(0.0, min(POLL_SECONDS, next_deadline)))
             for worker in list(busy):
                 if worker.process.stdout in ready:
                     try:
                         replies = worker.receive()
                     except (EOFError, OSError):  # the worker died (e.g. out of memory)
-                        self._fail_first(worker, results, queue, "error")
                         busy.remove(worker)
+                        self._swap(pool, worker, self._fail_first(worker, results, queue, "error"))
                         continue
                     for reply in replies:
                         if reply == ["ready"]:
                             worker.started = True
-                            worker.deadline = time.monotonic() + self.timeout_seconds
+                            worker.start_clock(limit)
                             continue
                         task_index, grade, reason, seconds = reply
                         worker.pending.remove(task_index)
                         results[task_index] = (grade, reason)
-                        self.stats.timeouts += reason == "timeout"
+                        if reason == "timeout":
+                            timed_out.append(task_index)
                         self.stats.slowest_seconds = max(self.stats.slowest_seconds, seconds)
-                        worker.deadline = time.monotonic() + self.timeout_seconds
+                        worker.start_clock(limit)
                     if not worker.pending:
                         busy.remove(worker)
-                elif time.monotonic() >= worker.deadline:
-                    self._fail_first(worker, results, queue, "timeout")
+                elif worker.over_limit(limit):
                     busy.remove(worker)
-        return results  # type: ignore[return-value]
+                    stuck = worker.pending[0]
+                    self._swap(pool, worker, self._fail_first(worker, results, queue, "timeout"))
+                    if results[stuck] == (UNPARSED, "timeout"):
+                        timed_out.append(stuck)
+        return timed_out
 
-    def _startup_allowance(self, worker: _Worker) -> float:
-        return 0.0 if worker.started else STARTUP_SECONDS
+    def _swap(self, pool: list[_Worker], old: _Worker, fresh: _Worker) -> None:
+        """`_replace` updated the grader's pool; a sub-pool (the retry's lone worker) follows it."""
+        if pool is not self._pool:
+            pool[pool.index(old)] = fresh
 
-    def _fail_first(self, worker: _Worker, results: list, queue: deque, reason: str) -> None:
-        """Record the worker's current answer as unparsed, requeue the rest, replace the worker."""
+    def _fail_first(self, worker: _Worker, results: list, queue: deque, reason: str) -> _Worker:
+        """Record the worker's current answer as unparsed, requeue the rest; returns its replacement."""
         stuck = worker.pending.popleft()
         if not worker.started:
             reason = "error"  # the worker never came up: not the answer's fault
         results[stuck] = (UNPARSED, reason)
-        self.stats.timeouts += reason == "timeout"
-        self.stats.slowest_seconds = max(self.stats.slowest_seconds, self.timeout_seconds)
+        if reason == "timeout":
+            self.stats.slowest_seconds = max(self.stats.slowest_seconds, self.timeout_seconds)
         queue.extendleft(reversed(worker.pending))
-        self._replace(worker)
+        return self._replace(worker)
 
 
 _default: Grader | None = None
