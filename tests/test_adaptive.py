@@ -1,6 +1,7 @@
 """Adaptive meta-prover sampling: the decision it settles, where it spends, what it costs (simulated)."""
 
 import numpy as np
+import pytest
 
 from pipeline.adaptive import DROP, AdaptiveSettings, decision, plan_draws
 from pipeline.pooled_prior import fit_pooled_prior
@@ -43,6 +44,7 @@ def test_plans_are_reproducible_per_trace_key_and_round():
     assert all(np.array_equal(x, y) for x, y in zip(first, again))
 
 
+@pytest.mark.slow  # about 40 s on a free core: 160 traces planned by Monte Carlo, round by round
 def test_adaptive_halves_the_answers_and_agrees_with_fixed_k_as_often_as_fixed_k_with_itself():
     """On a simulated R1-style population (deterministic seeds): at most 50 % of fixed K's
     answers, and j* and keep agree with a fixed-K run at least as often as a second fixed-K run
