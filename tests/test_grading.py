@@ -196,7 +196,7 @@ def test_mrt_grade_cli(tmp_path):
     ]
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
     out = tmp_path / "graded.jsonl"
-    result = CliRunner().invoke(app, ["grade", str(source), "-o", str(out)])
+    result = CliRunner().invoke(app, ["grade", str(source), "-o", str(out), "--workers", "1"])
     assert result.exit_code == 0, result.output
     graded = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["grade"] for r in graded] == [CORRECT, CORRECT, UNPARSED, UNPARSED, CORRECT, UNPARSED]
@@ -209,13 +209,13 @@ def test_mrt_grade_cli(tmp_path):
 
     pq.write_table(pa.table({"answer": ["7", "\\frac{3}{4}", "the answer is 10", "I do not know"],
                              "pred": ["7.0", "0.75", "11", "5"]}), answers)
-    result = CliRunner().invoke(app, ["grade", str(answers), "--mode", "answer", "--gold-column", "answer",
+    result = CliRunner().invoke(app, ["grade", str(answers), "--mode", "answer", "--workers", "1", "--gold-column", "answer",
                                       "--prediction-column", "pred", "-o", str(tmp_path / "a.jsonl")])
     assert result.exit_code == 0, result.output
     graded = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert [r["grade"] for r in graded] == [CORRECT, CORRECT, INCORRECT, UNPARSED]
     assert graded[3]["grade_reason"] == "unparsed_gold"  # prose with no answer in it is not a gold
-    in_answer_mode = CliRunner().invoke(app, ["grade", str(source), "--mode", "answer", "-o", str(out)])
+    in_answer_mode = CliRunner().invoke(app, ["grade", str(source), "--mode", "answer", "--workers", "1", "-o", str(out)])
     assert in_answer_mode.exit_code == 0  # the <think> text is not cut off: the whole text is the answer
     assert [json.loads(line)["grade"] for line in out.read_text().splitlines()][0] == CORRECT  # only one box
 
