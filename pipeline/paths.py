@@ -46,6 +46,11 @@ class Layout:
     def traces(self, r: int) -> Path:
         return self.samples_dir(r) / "traces"
 
+    @property
+    def trace_rejects(self) -> Path:
+        """Rows of a user's traces file that could not be imported as round 0's traces."""
+        return self.samples_dir(0) / "trace_rejects.parquet"
+
     def episodes(self, r: int) -> Path:
         return self.samples_dir(r) / "episodes.parquet"
 

@@ -27,8 +27,7 @@ def run(params: Params) -> str:
     prompts = prompt_builder(params, load_tokenizer(policy_ref(params, 0)))
     imported = import_traces(source, problems, prompts)
     counts = summary(imported, problems)
-    rejects_file = paths.samples_dir(0) / "trace_rejects.parquet"
-    rejects_file.parent.mkdir(parents=True, exist_ok=True)
+    rejects_file = paths.trace_rejects
     write_table(from_rows(imported.rejects, REJECTS), rejects_file)
     write_json(counts, paths.reports / "import_traces.json")
     if not counts["imported"]:

@@ -45,7 +45,8 @@ def write_params(workdir: Path, model_dir: Path) -> None:
 @pytest.mark.slow
 def test_two_rounds_two_arms_with_dvc(tmp_path, tiny_model_dir):
     shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
-    shutil.copytree(REPO / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("pipeline", "stages", "configs"):  # dvc.yaml's code dependencies
+        shutil.copytree(REPO / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
     write_params(tmp_path, tiny_model_dir)
     run(["dvc", "init", "--no-scm", "-q"], tmp_path)
     log = run(["dvc", "repro"], tmp_path)
@@ -61,6 +62,9 @@ def test_two_rounds_two_arms_with_dvc(tmp_path, tiny_model_dir):
             arm_dir = data / "arms" / arm / "rounds" / str(round_index)
             traces = pq.read_table(samples / "traces").to_pylist()
             assert len(traces) == 12 and {t["grade"] for t in traces} <= {"correct", "incorrect", "unparsed"}
+            # A trace is correct only if it closed its thinking exactly once (issue 13.1).
+            assert all(t["completion"].count("</think>") == 1 for t in traces if t["correct"])
+            assert all(t["grade_reason"] == "unclosed_thinking" for t in traces if "</think>" not in t["completion"])
             metrics = json.loads((reports / "arms" / arm / "rounds" / str(round_index) / "metrics.json").read_text())
             assert metrics["arm"] == arm and metrics["method"] == arm
             assert metrics["traces_sampled"] == 12
@@ -70,13 +74,20 @@ def test_two_rounds_two_arms_with_dvc(tmp_path, tiny_model_dir):
             assert {p["trace_id"] for p in prover} == {t["trace_id"] for t in traces}
             selected = pq.read_table(arm_dir / "selected.parquet").to_pylist()
             assert {s["method"] for s in selected} <= {arm}
+            for target in selected:  # one thinking block, then a non-empty answer (issue 13.2)
+                assert target["completion"].count("</think>") == 1, target["completion"]
+                assert target["completion"].split("</think>")[1].strip(), target["completion"]
             import datasets
 
             export = pq.read_table(arm_dir / "export" / "prompt_completion.parquet")
             assert export.num_rows == len(selected)
             assert {"prompt", "completion", "trace_id", "regret"} <= set(export.column_names)
+            tokenized = pq.read_table(arm_dir / "export" / "sft_tokenized.parquet")
+            assert {"input_ids", "completion_mask", "problem", "answer"} <= set(tokenized.column_names)
             train = json.loads((reports / "arms" / arm / "rounds" / str(round_index) / "train.json").read_text())
             assert train["trained"] == bool(selected)
+            if selected:  # over-length targets are dropped and counted, never sliced (issue 13.5)
+                assert train["examples"] == len(selected) and 0 <= train["dropped_over_length"] < len(selected)
             assert (arm_dir / "model" / ("model.safetensors" if selected else "model_ref.json")).exists()
             if selected:
                 messages = datasets.load_dataset("parquet", data_files=str(arm_dir / "export" / "messages.parquet"))["train"]
@@ -136,3 +147,19 @@ def test_cli_reports_bad_parameters_by_key(tmp_path):
     done = subprocess.run(["mrt", "prepare-model", "--set", "model.name_or_path=./no/such/model"], cwd=tmp_path, env=env,
                           capture_output=True, text=True)
     assert done.returncode == 2 and "no/such/model" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("params_file", ["params.yaml", "configs/r1-distill-qwen-1.5b.yaml",
+                                         "configs/r1-distill-qwen-7b-multigpu.yaml"])
+def test_every_dvc_parameter_is_in_the_parameter_files(params_file):
+    """DVC refuses to run a stage whose `params:` key is missing from params.yaml (and a recipe is
+    copied over params.yaml), so every key dvc.yaml lists must be written out in each file."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((REPO / params_file).read_text())
+    keys = {key for stage in stages.values() for key in stage.get("do", stage).get("params", [])}
+    assert keys
+    for key in sorted(keys):
+        node = params
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"{params_file} lacks {key}, which dvc.yaml lists"
+            node = node[part]
