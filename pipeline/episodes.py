@@ -5,8 +5,10 @@ Rules (DESIGN.md, section 1):
   starts an episode, unless it lies within `min_gap_paragraphs` paragraphs of the previous
   boundary; at most `max_episodes` boundaries; optionally every `group_size` episodes merged.
 - `regex`: every match of a pattern (e.g. `Backtrack to Line 3`) starts an episode.
-- `window`: fixed token windows, for models that use no markers; also the fallback of
-  `markers` when a trace has none (`fallback_window`).
+- `window`: token windows of at most `window_tokens`, for models that use no markers; also
+  the fallback of `markers` when a trace has none (`fallback_window`). Each cut is snapped
+  back to the last line or sentence end in the second half of its window (`window_cuts`),
+  so an episode ends mid-sentence only where the window holds no such end.
 Boundaries are found in text, then moved to the token boundary at or before them, so the
 episodes tile the token ids exactly and concatenate back to the thinking text.
 """
@@ -93,6 +95,33 @@ def regex_boundaries(text: str, config: EpisodesConfig, seconds: float = REGEX_S
     return found[: config.max_episodes]
 
 
+_SENTENCE_END = ".!?"
+
+
+def ends_line_or_sentence(text: str, char_starts: list[int], token: int) -> bool:
+    """Does token boundary `token` sit right after a newline, or after `.`/`!`/`?` followed by whitespace?"""
+    char = char_starts[token]
+    if char_starts[token - 1] == char:  # inside one character's bytes: not a boundary
+        return False
+    before = text[char - 1]
+    return before == "\n" or (before in _SENTENCE_END and (char == len(text) or text[char].isspace()))
+
+
+def window_cuts(text: str, char_starts: list[int], window: int, max_episodes: int) -> list[tuple[int, str]]:
+    """Token offsets of window cuts: each at most `window` tokens after the previous one, moved
+    back to the last line or sentence end in the window's second half when there is one."""
+    n_tokens = len(char_starts) - 1
+    cuts: list[tuple[int, str]] = []
+    start = 0
+    while start + window < n_tokens and len(cuts) < max_episodes:
+        hard = start + window
+        earliest = start + max(1, (window + 1) // 2)
+        cut = next((t for t in range(hard, earliest - 1, -1) if ends_line_or_sentence(text, char_starts, t)), hard)
+        cuts.append((cut, "window"))
+        start = cut
+    return cuts
+
+
 def _group(episodes: list[Episode], size: int) -> list[Episode]:
     if size <= 1:
         return episodes
@@ -114,8 +143,7 @@ def split_episodes(text: str, char_starts: list[int], config: EpisodesConfig) ->
         return [], config.rule
     rule = config.rule
     if rule == "window":
-        token_cuts = [(t, "window") for t in range(config.window_tokens, n_tokens, config.window_tokens)]
-        token_cuts = token_cuts[: config.max_episodes]
+        token_cuts = window_cuts(text, char_starts, config.window_tokens, config.max_episodes)
     else:
         found = marker_boundaries(text, config) if rule == "markers" else regex_boundaries(text, config)
         if not found and config.fallback_window and rule == "markers":
