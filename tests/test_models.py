@@ -29,6 +29,7 @@ def test_missing_paths_are_named(tmp_path):
         prepare_base_model(ModelConfig(name_or_path="embedded:gpt-9"), tmp_path / "b")
 
 
+@pytest.mark.slow  # converts the 98 MB GGUF: 146 s in the fast-set run on a loaded machine
 def test_embedded_gguf_converts_to_a_transformers_folder(tmp_path):
     from transformers import AutoConfig
 
