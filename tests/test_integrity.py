@@ -207,3 +207,62 @@ def test_model_folders_are_whole_and_pointer_and_weights_replace_each_other(tmp_
     time.sleep(0.01)
     (local / "model.safetensors").write_bytes((local / "model.safetensors").read_bytes())
     assert fingerprint(base) != before
+
+
+def test_export_killed_between_its_files_is_refused(contested, tokenizer, tmp_path):
+    """Freeze `mrt export` the moment its first new file lands; if its last file is still the old one, kill it.
+
+    Inputs are small tables beside the fixture's real traces (one episode per trace) rather than
+    split, prove, score and select, which take a minute on a loaded 2-core machine.
+    """
+    from pipeline.dense_progress import REWARDS, STEPWISE
+    from pipeline.export import MESSAGES, PROMPT_COMPLETION, TOKENIZED
+    from pipeline.tables import EPISODES, PROGRESS
+
+    workdir = copy_inputs(contested[0], tmp_path)
+    shutil.copytree(contested[0] / TRACES_DIR, workdir / TRACES_DIR)
+    traces = read_table(workdir / TRACES_DIR, TRACES).to_pylist()
+    rounds = workdir / "data" / "rounds" / "0"
+    spans = [(t, t["thinking_end"] if t["thinking_end"] >= 0 else t["n_tokens"]) for t in traces]
+    write_table(from_rows([{"trace_id": t["trace_id"], "episode_index": 1, "token_start": 0, "token_end": end, "char_start": 0,
+                            "char_end": len(t["completion"]), "marker": "start", "rule": "test"} for t, end in spans],
+                          EPISODES), rounds / "episodes.parquet")
+    write_table(from_rows([{"trace_id": t["trace_id"], "episode_index": 1, "progress": 0.5, "progress_se": 0.1,
+                            "j_before": 0.0, "j_after": 0.5} for t in traces], PROGRESS), rounds / "progress.parquet")
+    arm_dir = workdir / "data" / "arms" / "mrt" / "rounds" / "0"
+    write_table(from_rows([{"trace_id": t["trace_id"], "problem_id": t["problem_id"], "round": 0, "method": "mrt",
+                            "prompt": tokenizer.decode(t["prompt_ids"]), "completion": t["completion"],
+                            "prompt_ids": t["prompt_ids"], "completion_ids": t["completion_ids"], "best_prefix": 1,
+                            "n_episodes": 1, "j_best": 0.5, "total_gain": 0.5, "regret": 0.0, "model": t["model"]}
+                           for t in traces[::2]], SELECTED), arm_dir / "selected.parquet")
+    export = arm_dir / "export"
+    names = [TOKENIZED, PROMPT_COMPLETION, MESSAGES, STEPWISE, REWARDS]  # the order `export` writes them
+    done = mrt(workdir, "export", "-r", "0", "--arm", "mrt")  # the old files, whole
+    assert f"exported {len(traces[::2])} SFT examples and the progress of {len(traces)} traces" in done
+    assert all(read_table(export / name).num_rows for name in names)
+
+    def set_id(name: str) -> str | None:
+        try:
+            return json.loads(pq.read_schema(export / name).metadata[SET_KEY])["id"]
+        except (FileNotFoundError, OSError, KeyError, TypeError):
+            return None
+
+    for attempt in range(4):  # the gaps between five small files are short: try again if all were missed
+        old_set, old_first = set_id(REWARDS), (export / TOKENIZED).stat().st_ino
+        assert old_set is not None and set_id(TOKENIZED) == old_set
+        # Another system prompt: other messages, so another set id for every member.
+        launch = Launch(workdir, "export", "-r", "0", "--arm", "mrt", "--set", f"model.system_prompt=Be brief ({attempt}).")
+        launch.wait_for(lambda: (export / TOKENIZED).stat().st_ino != old_first, f"a new {TOKENIZED}", poll=0.0002)
+        os.kill(launch.process.pid, signal.SIGSTOP)
+        if set_id(REWARDS) == old_set and set_id(TOKENIZED) not in (None, old_set):
+            os.kill(launch.process.pid, signal.SIGKILL)
+            launch.finish()
+            break
+        os.kill(launch.process.pid, signal.SIGCONT)
+        assert launch.finish() == 0, launch.err()[-3000:]
+    else:
+        pytest.fail("no kill landed between the export's first and last files in 4 attempts")
+    print(f"killed at attempt {attempt} with {[set_id(name) == old_set for name in names]} old")
+    for name in names:  # whichever file a trainer opens, the mix is refused
+        with pytest.raises(IncompleteOutputError, match=r"from another run.*run `mrt export -r 0 --arm mrt` again"):
+            read_table(export / name)
