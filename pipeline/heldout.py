@@ -208,6 +208,10 @@ def prose_issue(answer: str) -> str | None:
     becomes E*E*g*i*...), so such a gold would "parse" yet grade nonsense: "No" equals "on".
     Words inside `\\text{...}` are fine (math-verify compares them as one symbol), and so are
     `and`/`or` between values and function names such as `sqrt`.
+
+    The check runs on what the strict gold reader reads (`gold_text`: boxes, answer phrases, a
+    text that is only delimited math), so "The answer is \\boxed{12}" is math; a gold it cannot
+    read ("0 is the only possible value", "98 values") is checked as the raw text, so it is prose.
     """
     from pipeline.grading import gold_text  # lazily: the config validates names without loading the grader
 

@@ -453,3 +453,49 @@ def test_grade_answers_and_check_golds(grader):
     grades = grader.grade_answers(["3", "3", "abc?"], ["3", None, "3"])
     assert [(g.grade, g.reason) for g in grades] == [(C, None), (U, "no_answer"), (U, "unparsed_gold")]
     assert grader.check_golds(["1", "C(10, 5)", "abc?", ""]) == [None, None, "unparsed_gold", "unparsed_gold"]
+
+
+# --------------------------------------------------------------------------------------
+# Gold answers are read by the reliable rules only (boxes, delimited math, answer phrases,
+# a bare expression): a gold only a last-number / last-line / last-LaTeX / single-word guess
+# could read is unparsed_gold, never a different value that a wrong prediction then matches.
+# --------------------------------------------------------------------------------------
+
+GOLD_READINGS = [
+    ("sqrt(3)/3, or equivalently 1/sqrt(3)", ""),  # the last number would be 3: a wrong gold
+    ("0 is the only possible value", ""),
+    ("98 values", ""),
+    ("There are 12 ways.", ""),
+    ("yes.", ""),
+    ("Evelyn", ""),
+    ("We have $x=2$, so the area is 5.", ""),  # neither x=2 nor 5 is safe to pick
+    ("$0$ is the only possible value", ""),
+    ("The answer is \\boxed{12}", "12"),
+    ("\\boxed{1} papers and \\boxed{2} bins", "1, 2"),
+    ("$28\\%$", "28\\%"),
+    ("$28$ %", "28\\%"),
+    ("$$x = \\frac{1}{2}, x = 3$$", "x = \\frac{1}{2}, x = 3"),
+    ("\\(1 - \\frac{1}{e}\\)", "1 - \\frac{1}{e}"),
+    ("$1$ and $2$", "1, 2"),
+    ("$125$ miles", "125"),
+    ("answer is 0.25 + 3", "0.25 + 3"),
+    ("Final answer: 42", "42"),
+    ("Final Answer: The final answer is $14{,}916$. I hope it is correct.", "14{,}916"),
+    ("Natalia sold 24 clips.\n#### 72", "72"),
+    ("x=2, y=1", "x=2, y=1"),
+    ("\\text{Evelyn}", "\\text{Evelyn}"),
+]
+
+
+@pytest.mark.parametrize(("gold", "read"), GOLD_READINGS)
+def test_gold_is_read_by_reliable_rules_only(gold, read):
+    from pipeline.grading import prepare
+
+    assert prepare(gold, gold=True) == read
+
+
+def test_sentence_gold_is_unparsed_not_its_last_number():
+    assert judge("sqrt(3)/3, or equivalently 1/sqrt(3)", "3") == (U, "unparsed_gold")
+    assert judge("There are 12 ways.", "12") == (U, "unparsed_gold")
+    # A bare answer (one sample) is still read like a prediction.
+    assert judge("12", "There are 12 ways.") == (C, None)

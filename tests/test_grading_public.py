@@ -115,7 +115,7 @@ _group('prose', 'answer', [
     ('\\text{Evelyn}', 'Evelyn', C),
     ('\\text{Evelyn}', 'Evlyne', N),
     ('Evelyn', 'Evlyne', N),
-    ('Evelyn', '\\text{Evelyn}', C),
+    ('Evelyn', '\\text{Evelyn}', U),  # a bare-word gold: only the single-word guess reads it (\\text{Evelyn} is read)
     ('teaspoons', 'spoonstea', N),
     ('12', 'We get 12 apples', C),
     ('11', 'We get 12 apples', N),
@@ -184,7 +184,9 @@ _group('sentence-golds', 'completion', [
     ('The answer is $\\frac{1}{2}$.', '\\boxed{1}', N),
     ('Final answer: 12', '\\boxed{12}', C),
     ('Final answer: 12', '\\boxed{21}', N),
-    ('There are 12 ways.', '\\boxed{12}', C),
+    # Only a last-number guess reads this gold, and golds are read by the reliable rules only
+    # (a misread gold corrupts every trace of its problem): unparsed_gold, by decision.
+    ('There are 12 ways.', '\\boxed{12}', U),
     ('There are 12 ways.', '\\boxed{13}', N),
     ('Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether in April and May.\n#### 72', '\\boxed{72}', C),
     ('Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether in April and May.\n#### 72', '\\boxed{24}', N),

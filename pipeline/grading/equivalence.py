@@ -2,8 +2,9 @@
 
 Only the LaTeX extraction is used: math-verify's plain-expression extraction hands text to
 sympy's `parse_expr`, which evaluates Python, and model output must never be evaluated.
-Gold answers and bare answers are read like predictions when they are not a bare expression
-(a sentence, a worked solution, delimited math, boxes): see `prepare`. These functions have no
+Bare answers are read like predictions when they are not a bare expression; gold answers that
+are not a bare expression are read by the reliable rules only (boxes, answer phrases, delimited
+math; never a last-number guess): see `prepare`. These functions have no
 time limit of their own; `pipeline.grading.pool` runs them in worker processes under a limit.
 """
 
@@ -18,7 +19,7 @@ from functools import lru_cache
 from math_verify import LatexExtractionConfig, parse, verify
 from sympy import And, FiniteSet, GreaterThan, LessThan, Or, Set, StrictGreaterThan, StrictLessThan
 
-from pipeline.grading.extraction import DEFAULT_FALLBACKS, has_box, is_prose, read_answer
+from pipeline.grading.extraction import DEFAULT_FALLBACKS, has_box, is_prose, read_answer, read_gold
 from pipeline.grading.normalize import readings
 
 CORRECT, INCORRECT, UNPARSED = "correct", "incorrect", "unparsed"
@@ -27,6 +28,8 @@ MAX_GOLD_CHARS = 20_000  # a worked solution is read at its answer, not parsed w
 _LATEX = [LatexExtractionConfig(boxed_match_priority=0)]
 _BIG_EXPONENT = re.compile(r"\^\s*\{?\s*\(?\s*\d{5,}")
 _NUMBER_TOWER = re.compile(r"\^\s*\{?\s*(\d{1,6})\s*\^\s*\{?\s*(\d{1,6})")
+MAX_NESTING, MAX_OPENERS_IN_A_ROW = 20, 10
+_OPENERS_IN_A_ROW = re.compile(r"(?:[{(\[]\s{0,4}){%d}" % MAX_OPENERS_IN_A_ROW)
 _PLAIN_DECIMAL = re.compile(r"[+-]?\d{1,40}(?:\.\d{1,40})?")
 _DELIMITER = re.compile(r"(?<!\\)\$|\\[()\[\]]")
 # Time limits are enforced by the worker pool, so math-verify's "timeout disabled" notice is noise.
@@ -36,12 +39,17 @@ logging.getLogger("math_verify").setLevel(logging.ERROR)
 def prepare(text: str, gold: bool = False) -> str:
     """The answer to parse from a gold or bare answer: the text itself when it is a bare
     expression, else what the extraction rules read from it ("" when they find nothing).
-    Every box of a gold answer counts (`\\boxed{1} papers and \\boxed{2} bins`)."""
+
+    A bare answer (one sample) is read like a prediction, fallbacks included. A gold answer is
+    read by the reliable rules only (`extraction.read_gold`): boxes, answer phrases, a text
+    that is only delimited math; a gold that only a guess could read is "" (`unparsed_gold`)."""
     text = str(text).strip()
     if not text or len(text) > MAX_GOLD_CHARS:
         return ""
     if not is_prose(text) and not _DELIMITER.search(text) and not has_box(text):
         return text
+    if gold:
+        return read_gold(text) or ""
     return read_answer(text, (*DEFAULT_FALLBACKS, "single_word")) or ""
 
 
@@ -60,7 +68,9 @@ def parse_math(text: str) -> tuple:
 
 
 def gold_text(answer: str) -> str:
-    """The gold answer to parse: a sentence or worked solution is read at its answer."""
+    """The gold answer to parse: a sentence or worked solution is read at its answer by the
+    reliable rules (`prepare(gold=True)`); the raw text when they read nothing, so a prose gold
+    ("0 is the only possible value") stays prose for `pipeline.heldout.prose_issue`."""
     return prepare(answer, gold=True) or str(answer).strip()
 
 
@@ -78,11 +88,27 @@ def _is_condition(expr) -> bool:
     return isinstance(expr, (And, Or)) and all(_is_condition(arg) for arg in expr.args)
 
 
+def _nesting_depth(answer: str) -> int:
+    """The deepest nesting of `{`, `(` and `[` (one pass)."""
+    depth = deepest = 0
+    for char in answer:
+        if char in "{([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "})]" and depth:
+            depth -= 1
+    return deepest
+
+
 def too_complex(answer: str) -> bool:
     """An integer exponent of 10,000 or more, or a tower of numbers whose exponent passes 10^4
     (`10^{10^{10}}`): no competition answer, and sympy would spend the whole time limit on it.
-    Decided from the digits alone, so such answers cost no worker time and no timeout."""
-    if _BIG_EXPONENT.search(answer):
+    So is bracket nesting deeper than `MAX_NESTING`, or `MAX_OPENERS_IN_A_ROW` brackets opened in
+    a row (`{{{{{{{{{{3}}}}}}}}}}`): math-verify's parser is exponential in them (10 bare braces
+    1.3 s, 12 braces 3.8 s, 15 nested fractions 1.5 s, 20 fractions 4 s of CPU), and such an
+    answer would take two full limits (the retry) to end as `timeout`. Decided from the text
+    alone, so such answers cost no worker time and no timeout."""
+    if _BIG_EXPONENT.search(answer) or _OPENERS_IN_A_ROW.search(answer) or _nesting_depth(answer) > MAX_NESTING:
         return True
     for match in _NUMBER_TOWER.finditer(answer):
         base, exponent = int(match.group(1)), int(match.group(2))

@@ -141,12 +141,10 @@ def _joined(text: str, spans: list[tuple[int, int]], outer: list[tuple[int, int]
         if len(gap) > _MAX_JOINER_CHARS or _JOINER.fullmatch(gap) is None:
             break
         chosen.append(index)
-    contents: list[str] = []
-    for index in reversed(chosen):
-        content = text[spans[index][0] : spans[index][1]].strip()
-        if content and content not in contents:
-            contents.append(content)
-    return contents
+    # A dict keeps the first of equal contents in order in linear time (`content not in list` was
+    # quadratic: 40,000 distinct joined boxes took 15 s).
+    contents = dict.fromkeys(text[spans[index][0] : spans[index][1]].strip() for index in reversed(chosen))
+    return [content for content in contents if content]
 
 
 def final_boxes(text: str, all_boxes: bool = False) -> str | None:
@@ -334,6 +332,40 @@ def read_answer(text: str, fallbacks: Sequence[str] = DEFAULT_FALLBACKS, all_box
         if answer:
             return answer
     return None
+
+
+# After a gold's last math span: one unit word (`$125$ miles`) and a full stop at most.
+_GOLD_TAIL = re.compile(r"[ \t]{0,8}(?:[A-Za-z]{1,20}[ \t]{0,4})?\.?\s{0,8}")
+GOLD_PHRASES = tuple(FALLBACK_PATTERNS)  # explicit answer phrases; never the last-line/-LaTeX/-number/word guesses
+
+
+def delimited_only(text: str) -> str | None:
+    """A text that is only delimited math (`$28\\%$`, `$$x = \\frac{1}{2}, x = 3$$`, `\\(1 - e\\)`,
+    `$1$ and $2$`, `$125$ miles`): the spans' contents joined as one answer (a percent word after
+    the last span kept), else None. Text before the first span, words between spans that are not
+    separators, or more than one word after the last span -> None."""
+    matches = list(_SPAN.finditer(text))
+    if not matches or text[: matches[0].start()].strip():
+        return None
+    end = matches[-1].end()
+    percent = _PERCENT_AFTER.match(text, end)
+    if _GOLD_TAIL.fullmatch(text, percent.end() if percent else end) is None:
+        return None
+    for before, after in zip(matches, matches[1:]):
+        gap = text[before.end() : after.start()]
+        if len(gap) > _MAX_JOINER_CHARS or _JOINER.fullmatch(gap) is None:
+            return None
+    return last_latex(text)
+
+
+def read_gold(text: str) -> str | None:
+    """The answer of a gold that is not a bare expression, by the reliable rules only: boxes
+    (joined like a prediction's), Minerva's ending and the answer phrases, or a text that is
+    only delimited math. Never the last-line / last-LaTeX / last-number / single-word guesses:
+    they are fine for one sample, but a gold misread would grade every trace of its problem
+    against a different value ("sqrt(3)/3, or equivalently 1/sqrt(3)" is not 3), so a gold
+    that only they could read has no answer (`unparsed_gold`)."""
+    return read_answer(text, GOLD_PHRASES) or (None if has_box(text) else delimited_only(text.strip()))
 
 
 def extract_answer(completion: str, fallbacks: Sequence[str] = DEFAULT_FALLBACKS) -> str | None:
