@@ -354,6 +354,13 @@ def test_prove_survives_sigkill(tmp_path, reference):
         assert launch.finish() == -signal.SIGKILL
         check_crashed(folder, reference.prover_shards, PROVER)
         workers_seen |= bool(launch.workers)
+    if not workers_seen:  # plain numbers are judged in the caller, so workers start only when an answer needs one:
+        launch = Launch(workdir, *args)  # kill once more the moment one runs
+        launch.wait_for(lambda: bool(descendants(launch.process.pid)), "a grader worker", poll=0.005)
+        launch.send(signal.SIGKILL)
+        assert launch.finish() == -signal.SIGKILL
+        check_crashed(folder, reference.prover_shards, PROVER)
+        workers_seen |= bool(launch.workers)
     assert workers_seen, "no crash happened while grader workers were running"
 
     done = stamps(folder)
