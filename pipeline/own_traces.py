@@ -28,7 +28,7 @@ from pipeline.config import TracesSourceConfig
 from pipeline.grading import Grader
 from pipeline.problem_files import ProblemSourceError, _decode_line
 from pipeline.problems import normalize_text
-from pipeline.sampling import answer_text, close_offset, grade_traces
+from pipeline.sampling import answer_text, close_offset, grade_traces, trace_row
 from pipeline.templates import THINK_OPEN, PromptBuilder
 from pipeline.tokens import decode
 
@@ -228,25 +228,9 @@ def trace_rows(problems: list[dict], imported: ImportedTraces, prompts: PromptBu
     rows = []
     for (problem, index, ids), text, grade in zip(items, texts, grades):
         token_ids = ids.tolist()
-        rows.append({
-            "trace_id": f"{problem['problem_id']}-r{round_index}-s{index}",
-            "problem_id": problem["problem_id"],
-            "round": round_index,
-            "sample_index": index,
-            "seed": NO_SEED,
-            "prompt_ids": prompt_ids[problem["problem_id"]],
-            "completion_ids": token_ids,
-            "completion": text,
-            "n_tokens": len(token_ids),
-            "finish_reason": FINISH_REASON,
-            "thinking_end": close_offset(prompts.tokenizer, token_ids),
-            "answer_text": answer_text(text),
-            "extracted": grade.extracted,
-            "grade": grade.grade,
-            "grade_reason": grade.reason,
-            "correct": grade.correct,
-            "model": model_label,
-        })
+        rows.append(trace_row(problem["problem_id"], round_index, index, NO_SEED, prompt_ids[problem["problem_id"]],
+                              token_ids, text, len(token_ids), FINISH_REASON, close_offset(prompts.tokenizer, token_ids),
+                              answer_text(text), grade, model_label))
     return rows
 
 

@@ -87,6 +87,31 @@ def grade_traces(golds: list[str], texts: list[str], grader: Grader) -> list[Gra
             for text, answer in zip(texts, answers)]
 
 
+def trace_row(problem_id: str, round_index: int, index: int, seed: int, prompt_ids: list[int], completion_ids: list[int],
+              completion: str, n_tokens: int, finish_reason: str, thinking_end_at: int, answer: str | None,
+              grade: Grade, model_label: str) -> dict:
+    """One row of the traces table (`pipeline.tables.TRACES`), sampled or imported alike."""
+    return {
+        "trace_id": f"{problem_id}-r{round_index}-s{index}",
+        "problem_id": problem_id,
+        "round": round_index,
+        "sample_index": index,
+        "seed": seed,
+        "prompt_ids": prompt_ids,
+        "completion_ids": completion_ids,
+        "completion": completion,
+        "n_tokens": n_tokens,
+        "finish_reason": finish_reason,
+        "thinking_end": thinking_end_at,
+        "answer_text": answer,
+        "extracted": grade.extracted,
+        "grade": grade.grade,
+        "grade_reason": grade.reason,
+        "correct": grade.correct,
+        "model": model_label,
+    }
+
+
 def sample_traces(
     problems: list[dict],
     backend: Backend,
@@ -111,25 +136,7 @@ def sample_traces(
     for problem, request, completions in zip(problems, requests, outputs):
         for index, completion in enumerate(completions):
             text, grade = next(graded)
-            rows.append(
-                {
-                    "trace_id": f"{problem['problem_id']}-r{round_index}-s{index}",
-                    "problem_id": problem["problem_id"],
-                    "round": round_index,
-                    "sample_index": index,
-                    "seed": request.params.seed,
-                    "prompt_ids": request.prompt_ids,
-                    "completion_ids": completion.token_ids,
-                    "completion": completion.text,
-                    "n_tokens": completion.n_tokens,
-                    "finish_reason": completion.finish_reason,
-                    "thinking_end": thinking_end(prompts.tokenizer, completion),
-                    "answer_text": answer_text(text),
-                    "extracted": grade.extracted,
-                    "grade": grade.grade,
-                    "grade_reason": grade.reason,
-                    "correct": grade.correct,
-                    "model": model_label,
-                }
-            )
+            rows.append(trace_row(problem["problem_id"], round_index, index, request.params.seed, request.prompt_ids,
+                                  completion.token_ids, completion.text, completion.n_tokens, completion.finish_reason,
+                                  thinking_end(prompts.tokenizer, completion), answer_text(text), grade, model_label))
     return rows
