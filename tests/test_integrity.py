@@ -44,6 +44,14 @@ def small_params(workdir: Path, model_dir: Path) -> Path:
     return workdir
 
 
+def set_id(path: Path) -> str | None:
+    """The id of the file set a Parquet file belongs to (None while it is missing or being replaced)."""
+    try:
+        return json.loads(pq.read_schema(path).metadata[SET_KEY])["id"]
+    except (FileNotFoundError, OSError, KeyError, TypeError):
+        return None
+
+
 def copy_inputs(source: Path, workdir: Path) -> Path:
     shutil.copy(source / "params.yaml", workdir / "params.yaml")
     shutil.copy(source / "problems.jsonl", workdir / "problems.jsonl")
@@ -152,18 +160,12 @@ def test_prepare_problems_killed_between_train_and_eval_is_refused(contested, tm
     workdir = copy_inputs(contested[0], tmp_path)
     problems = workdir / "data" / "problems"
 
-    def set_id(name: str) -> str | None:
-        try:
-            return json.loads(pq.read_schema(problems / name).metadata[SET_KEY])["id"]
-        except (FileNotFoundError, OSError, KeyError, TypeError):
-            return None
-
     for attempt in range(4):  # the gap between two small files is short: try again if it was missed
-        old_eval, old_train = set_id("eval.parquet"), (problems / "train.parquet").stat().st_ino
+        old_eval, old_train = set_id(problems / "eval.parquet"), (problems / "train.parquet").stat().st_ino
         launch = Launch(workdir, "prepare-problems", "--set", f"problems.seed={attempt + 100}")
         launch.wait_for(lambda: (problems / "train.parquet").stat().st_ino != old_train, "a new train.parquet", poll=0.0002)
         os.kill(launch.process.pid, signal.SIGSTOP)
-        if set_id("eval.parquet") == old_eval and set_id("train.parquet") != old_eval:
+        if set_id(problems / "eval.parquet") == old_eval and set_id(problems / "train.parquet") != old_eval:
             os.kill(launch.process.pid, signal.SIGKILL)
             launch.finish()
             break
@@ -241,20 +243,14 @@ def test_export_killed_between_its_files_is_refused(contested, tokenizer, tmp_pa
     assert f"exported {len(traces[::2])} SFT examples and the progress of {len(traces)} traces" in done
     assert all(read_table(export / name).num_rows for name in names)
 
-    def set_id(name: str) -> str | None:
-        try:
-            return json.loads(pq.read_schema(export / name).metadata[SET_KEY])["id"]
-        except (FileNotFoundError, OSError, KeyError, TypeError):
-            return None
-
     for attempt in range(4):  # the gaps between five small files are short: try again if all were missed
-        old_set, old_first = set_id(REWARDS), (export / TOKENIZED).stat().st_ino
-        assert old_set is not None and set_id(TOKENIZED) == old_set
+        old_set, old_first = set_id(export / REWARDS), (export / TOKENIZED).stat().st_ino
+        assert old_set is not None and set_id(export / TOKENIZED) == old_set
         # Another system prompt: other messages, so another set id for every member.
         launch = Launch(workdir, "export", "-r", "0", "--arm", "mrt", "--set", f"model.system_prompt=Be brief ({attempt}).")
         launch.wait_for(lambda: (export / TOKENIZED).stat().st_ino != old_first, f"a new {TOKENIZED}", poll=0.0002)
         os.kill(launch.process.pid, signal.SIGSTOP)
-        if set_id(REWARDS) == old_set and set_id(TOKENIZED) not in (None, old_set):
+        if set_id(export / REWARDS) == old_set and set_id(export / TOKENIZED) not in (None, old_set):
             os.kill(launch.process.pid, signal.SIGKILL)
             launch.finish()
             break
@@ -262,7 +258,7 @@ def test_export_killed_between_its_files_is_refused(contested, tokenizer, tmp_pa
         assert launch.finish() == 0, launch.err()[-3000:]
     else:
         pytest.fail("no kill landed between the export's first and last files in 4 attempts")
-    print(f"killed at attempt {attempt} with {[set_id(name) == old_set for name in names]} old")
+    print(f"killed at attempt {attempt} with {[set_id(export / name) == old_set for name in names]} old")
     for name in names:  # whichever file a trainer opens, the mix is refused
         with pytest.raises(IncompleteOutputError, match=r"from another run.*run `mrt export -r 0 --arm mrt` again"):
             read_table(export / name)
