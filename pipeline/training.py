@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import ConfigError, TrainConfig
+from pipeline.dvclive_logging import dvclive_callback, split_dvclive
 from pipeline.models import ModelNotFoundError, ModelRef, load_tokenizer, torch_dtype, write_pointer_folder
 
 MASTER_WEIGHTS_DTYPE = "float32"  # what the optimizer updates; bf16 is compute only (autocast)
@@ -198,11 +199,12 @@ def save_model(trainer, out_dir: Path) -> None:
 
 
 def train_sft(rows: list[dict], init: ModelRef, out_dir: Path, config: TrainConfig,
-              checkpoints: Path | None = None, callbacks: list | None = None) -> dict:
+              checkpoints: Path | None = None, callbacks: list | None = None, log_dir: Path | None = None) -> dict:
     """Fine-tune `init` on `rows` and save the model to `out_dir`; returns training metrics.
 
     `checkpoints` (default: `checkpoint_folder(out_dir)`) is where the run saves and resumes;
-    `callbacks` are extra transformers `TrainerCallback`s."""
+    `callbacks` are extra transformers `TrainerCallback`s; `log_dir` is where `report_to: [dvclive]`
+    logs (default: `<out_dir>.dvclive`)."""
     if not rows:
         raise ValueError(f"no selected rows to train {out_dir} on (the train stage writes a pointer instead)")
     from trl import SFTTrainer
@@ -210,12 +212,15 @@ def train_sft(rows: list[dict], init: ModelRef, out_dir: Path, config: TrainConf
     check_sft_args(config.sft_args)  # before loading anything
     dataset, counts = sft_dataset(rows, config.max_length)
     folder = checkpoints or checkpoint_folder(out_dir)
-    args = sft_config(config, folder)
+    sft_args, dvclive = split_dvclive(config.sft_args)
+    args = sft_config(config.model_copy(update={"sft_args": sft_args}), folder)
     resume = resume_point(folder, run_key(config, init, dataset)) if args.process_index == 0 else None
     if args.world_size > 1:  # every rank resumes from what rank 0 found
         from accelerate.utils import broadcast_object_list
 
         resume = broadcast_object_list([resume])[0]
+    if dvclive:
+        callbacks = [*(callbacks or []), dvclive_callback(log_dir or out_dir.with_name(out_dir.name + ".dvclive"), bool(resume))]
     model = load_for_training(init, config.sft_args.get("model_init_kwargs"))
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=load_tokenizer(init), callbacks=callbacks)
     result = trainer.train(resume_from_checkpoint=resume)

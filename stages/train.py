@@ -33,7 +33,8 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
             launch_training(params, launcher, round_index, paths.arm)
         return f"round {round_index}: trained on {len(selected)} examples under accelerate ({launcher}) -> {out}"
     with staged_model_folder(out) as staging:  # a kill leaves `out` unmarked (refused), never half-written
-        metrics = train_sft(selected, init, staging, params.train, checkpoints=checkpoint_folder(out))
+        metrics = train_sft(selected, init, staging, params.train, checkpoints=checkpoint_folder(out),
+                            log_dir=paths.train_metrics(round_index).with_name("dvclive"))
     if is_main_process():
         write_json({"round": round_index, "arm": paths.arm, "init": str(start), **metrics}, paths.train_metrics(round_index))
     return f"round {round_index}: trained on {len(selected)} examples -> {out}"

@@ -303,3 +303,30 @@ def test_a_crashed_sft_resumes_from_its_last_checkpoint_to_the_same_weights(work
     (stale / "checkpoint-3").mkdir(parents=True)
     (stale / "run.json").write_text('{"key": "another run"}')
     assert resume_point(stale, "this run") is None and not (stale / "checkpoint-3").exists()
+
+
+def test_report_to_dvclive_logs_the_loss_beside_train_json_and_leaves_dvc_yaml_alone(workspace):
+    pytest.importorskip("dvclive", reason="dvclive is in the dev extra")
+    (workspace / "dvc.yaml").write_text("stages: {}\n")
+    params = _params(workspace, sft_args={"report_to": ["dvclive"]})
+    train.run(params, 0, "mrt")
+    logs = layout(params).train_metrics(0).with_name("dvclive")
+    metrics = _train_metrics(params)
+    steps = [line.split("\t") for line in (logs / "plots" / "metrics" / "loss.tsv").read_text().splitlines()]
+    assert steps[0] == ["step", "loss"] and [int(step) for step, _ in steps[1:]] == [0, 1, 2, 3]  # logging_steps 1
+    assert float(steps[1][1]) == pytest.approx(metrics["first_logged_loss"])
+    assert float(steps[-1][1]) == pytest.approx(metrics["last_logged_loss"])
+    assert json.loads((logs / "metrics.json").read_text())["train"]["loss"] == pytest.approx(metrics["train_loss"])
+    assert (workspace / "dvc.yaml").read_text() == "stages: {}\n"  # transformers' default Live() rewrites it
+    assert not (workspace / "dvclive").exists()
+
+
+def test_report_to_dvclive_keeps_the_other_integrations_and_refuses_all(tmp_path):
+    from pipeline.dvclive_logging import split_dvclive
+
+    assert split_dvclive({"report_to": ["dvclive", "tensorboard"]}) == ({"report_to": ["tensorboard"]}, True)
+    assert split_dvclive({"report_to": "dvclive"}) == ({"report_to": "none"}, True)
+    assert split_dvclive({"report_to": "none", "max_grad_norm": 1.0}) == ({"report_to": "none", "max_grad_norm": 1.0}, False)
+    assert split_dvclive({}) == ({}, False)
+    with pytest.raises(ConfigError, match=r"report_to: 'all' would let transformers start DVCLive with its defaults"):
+        split_dvclive({"report_to": "all"})
