@@ -357,7 +357,9 @@ class ShardedWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = _FolderLock(self.folder)
         try:
-            if self._lock.try_exclusive():
+            registered = self._lock.try_exclusive()
+            if registered:
+                self._lock.register(self.fingerprint_hash)  # before the manifest appears, so a rival names this pid
                 self._take_over(fingerprint, manifest_extra or {})
             self._lock.shared()  # (exclusive -> shared is not atomic: check the manifest again after)
             current = _read_json(self.folder / MANIFEST) or {}
@@ -369,7 +371,8 @@ class ShardedWriter:
                     f"this run's fingerprint is {self.fingerprint_hash}. Wait for that run to end (or stop it), "
                     "or give this one another data_dir"
                 )
-            self._lock.register(self.fingerprint_hash)
+            if not registered:
+                self._lock.register(self.fingerprint_hash)
             remove_stale_temps(self.folder)
         except BaseException:
             self._lock.close()
