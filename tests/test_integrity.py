@@ -262,3 +262,32 @@ def test_export_killed_between_its_files_is_refused(contested, tokenizer, tmp_pa
     for name in names:  # whichever file a trainer opens, the mix is refused
         with pytest.raises(IncompleteOutputError, match=r"from another run.*run `mrt export -r 0 --arm mrt` again"):
             read_table(export / name)
+
+
+def _tables(folder: Path) -> dict[str, list[dict]]:
+    """Every sharded table under `folder`, by its path relative to `folder`."""
+    return {str(shards.parent.relative_to(folder)): read_table(shards.parent).to_pylist()
+            for shards in sorted(folder.rglob("part-00000.parquet"))}
+
+
+def test_prove_and_evaluate_on_two_nodes_write_the_one_process_tables(contested, tmp_path):
+    """`prove` and `evaluate` with disjoint --shard-index on one folder (two SLURM array tasks): the
+    same prover, eval-trace, eval-prover and extrapolation tables as one process, no stray temp files."""
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+    one, two = (copy_inputs(contested[0], tmp_path / name) for name in ("one", "two"))
+    for workdir in (one, two):
+        shutil.copytree(contested[0] / TRACES_DIR, workdir / TRACES_DIR)
+        mrt(workdir, "split", "-r", "0")
+    mrt(one, "prove", "-r", "0")
+    mrt(one, "evaluate", "-r", "0")
+    for stage in ("prove", "evaluate"):
+        nodes = [Launch(two, stage, "-r", "0", "--shard-index", str(i), "--num-shards", "2") for i in (0, 1)]
+        assert [node.finish(timeout=240) for node in nodes] == [0, 0], [node.err()[-2000:] for node in nodes]
+    expected, got = _tables(one / "data"), _tables(two / "data")
+    assert {"rounds/0/prover", "eval/base/traces", "eval/base/prover", "eval/base/extrapolation"} <= set(expected)
+    assert all(len(expected[name]) > 2 for name in ("rounds/0/prover", "eval/base/prover"))  # several shards each
+    assert got == expected
+    assert not [path for path in (two / "data").rglob("*") if path.name.endswith(".tmp")]
+    metrics = [json.loads((workdir / "metrics" / "eval" / "base" / "metrics.json").read_text()) for workdir in (one, two)]
+    assert metrics[0] == metrics[1]
