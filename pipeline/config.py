@@ -271,6 +271,7 @@ class EvalConfig(Section):
     max_tokens: int | None = Field(None, gt=0)  # null: sample.max_tokens
     seed: int = 2
     budget_points: int = Field(8, gt=1)  # points of the accuracy-vs-tokens curve
+    prover_k: int | None = Field(None, gt=0)  # forced answers per prefix of an eval trace; null: prover.k
     extrapolate: ExtrapolateConfig = Field(default_factory=ExtrapolateConfig)
 
     @field_validator("k_values")

@@ -32,6 +32,9 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
     sample_config = params.sample.model_copy(
         update={"n": params.eval.n, "seed": params.eval.seed, "max_tokens": params.eval.max_tokens or params.sample.max_tokens}
     )
+    # The eval prover measures J along eval traces (budget curve, regret, extensions); it may use
+    # fewer answers per prefix than the training rounds' prover, whose J picks the targets.
+    prover = params.prover.model_copy(update={"k": params.eval.prover_k or params.prover.k})
     policy = paths.policy(round_index)
     base = {"round": round_index, "model": params.model.model_dump(mode="json"), "policy": fingerprint(policy),
             "grading": params.grading.model_dump(mode="json", exclude={"workers", "cache_size"})}
@@ -56,13 +59,13 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
 
         def prove(chunk, update):
             _, prompts, backend = engine()
-            return prove_traces(chunk, ends, answers, backend, prompts, params.prover, update, grader)
+            return prove_traces(chunk, ends, answers, backend, prompts, prover, update, grader)
 
         write_missing_shards(
-            ShardedWriter(paths.eval_prover(round_index), {**base, "prover": params.prover.model_dump(mode="json"),
+            ShardedWriter(paths.eval_prover(round_index), {**base, "prover": prover.model_dump(mode="json"),
                           "episodes": params.episodes.model_dump(mode="json"), "inputs": inputs}),
-            traces, params.prover.shard_size, PROVER, prove,
-            lambda c: sum(len(ends.get(t["trace_id"], [])) + 1 for t in c) * params.prover.k,
+            traces, prover.shard_size, PROVER, prove,
+            lambda c: sum(len(ends.get(t["trace_id"], [])) + 1 for t in c) * prover.k,
             f"eval prove {name}", engine, wait=True,  # other nodes' shards are read next
         )
 
@@ -71,14 +74,14 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
         def extend(chunk, update):
             _, prompts, backend = engine()
             return extrapolate_traces(chunk, answers, backend, prompts, params.eval.extrapolate, sample_config,
-                                      params.prover, grader, update, markers)
+                                      prover, grader, update, markers)
 
         write_missing_shards(
             ShardedWriter(paths.eval_extrapolation(round_index), {
                 **base, "extrapolate": params.eval.extrapolate.model_dump(mode="json"), "markers": markers, "inputs": inputs,
-                "sample": sample_config.model_dump(mode="json"), "prover": params.prover.model_dump(mode="json")}),
-            traces if params.eval.extrapolate.times else [], params.prover.shard_size, EXTRAPOLATION, extend,
-            lambda c: len(c) * params.eval.extrapolate.times * (1 + params.prover.k), f"eval extrapolate {name}", engine, wait=True,
+                "sample": sample_config.model_dump(mode="json"), "prover": prover.model_dump(mode="json")}),
+            traces if params.eval.extrapolate.times else [], prover.shard_size, EXTRAPOLATION, extend,
+            lambda c: len(c) * params.eval.extrapolate.times * (1 + prover.k), f"eval extrapolate {name}", engine, wait=True,
         )
         labels = vote_labels(traces, grader_equivalence(grader))
     prover_rows = rows(paths.eval_prover(round_index), PROVER)

@@ -38,7 +38,8 @@ def write_params(workdir: Path, model_dir: Path) -> None:
     params["episodes"].update(window_tokens=8)
     params["prover"].update(k=2, max_answer_tokens=12, shard_size=4)
     params["train"].update(epochs=1, batch_size=2, logging_steps=1)
-    params["eval"].update(n=2, k_values=[1, 2], budget_points=4, extrapolate={"times": 2, "tokens": 8, "markers": ["Wait", "But wait"]})
+    params["eval"].update(n=2, k_values=[1, 2], budget_points=4, prover_k=1,
+                          extrapolate={"times": 2, "tokens": 8, "markers": ["Wait", "But wait"]})
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
 
 
@@ -72,6 +73,7 @@ def test_two_rounds_two_arms_with_dvc(tmp_path, tiny_model_dir):
             assert metrics["traces_kept"] >= (1 if (arm, round_index) == ("mrt", 0) else 0)
             prover = pq.read_table(samples / "prover").to_pylist()
             assert {p["trace_id"] for p in prover} == {t["trace_id"] for t in traces}
+            assert {p["n_samples"] for p in prover} == {2}  # prover.k
             selected = pq.read_table(arm_dir / "selected.parquet").to_pylist()
             assert {s["method"] for s in selected} <= {arm}
             for target in selected:  # one thinking block, then a non-empty answer (issue 13.2)
@@ -99,7 +101,7 @@ def test_two_rounds_two_arms_with_dvc(tmp_path, tiny_model_dir):
              for arm in ("mrt", "star")}
     assert seeds["mrt"] == seeds["star"]
 
-    for policy in ("base", "mrt/1", "mrt/2", "star/1", "star/2"):
+    for policy in ("base", "mrt/2", "star/2"):
         folder = reports / "eval" / policy
         metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["problems"] == 2 and metrics["samples_per_problem"] == 2
@@ -111,7 +113,8 @@ def test_two_rounds_two_arms_with_dvc(tmp_path, tiny_model_dir):
         assert [p["extensions"] for p in extrapolation] == [0, 1, 2] and all(p["traces"] == 4 for p in extrapolation)
         assert extrapolation[0]["mean_tokens"] < extrapolation[2]["mean_tokens"]
         rows = pq.read_table(data / "eval" / policy / "extrapolation").to_pylist()
-        assert len(rows) == 8 and all(r["n_samples"] == 2 for r in rows)
+        assert len(rows) == 8 and all(r["n_samples"] == 1 for r in rows)  # eval.prover_k, not prover.k (2)
+        assert {r["n_samples"] for r in pq.read_table(data / "eval" / policy / "prover").to_pylist()} == {1}
     report = (reports / "report" / "report.md").read_text()
     assert "| star after 2 rounds |" in report and "| mrt | 1 |" in report
     for png in ("accuracy_vs_tokens.png", "extrapolation.png"):
