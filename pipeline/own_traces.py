@@ -228,9 +228,12 @@ def trace_rows(problems: list[dict], imported: ImportedTraces, prompts: PromptBu
     rows = []
     for (problem, index, ids), text, grade in zip(items, texts, grades):
         token_ids = ids.tolist()
-        rows.append(trace_row(problem["problem_id"], round_index, index, NO_SEED, prompt_ids[problem["problem_id"]],
-                              token_ids, text, len(token_ids), FINISH_REASON, close_offset(prompts.tokenizer, token_ids),
-                              answer_text(text), grade, model_label))
+        rows.append(trace_row(
+            problem_id=problem["problem_id"], round_index=round_index, index=index, seed=NO_SEED,
+            prompt_ids=prompt_ids[problem["problem_id"]], completion_ids=token_ids, completion=text,
+            n_tokens=len(token_ids), finish_reason=FINISH_REASON,
+            thinking_end_at=close_offset(prompts.tokenizer, token_ids), answer=answer_text(text), grade=grade,
+            model_label=model_label))
     return rows
 
 

@@ -87,10 +87,11 @@ def grade_traces(golds: list[str], texts: list[str], grader: Grader) -> list[Gra
             for text, answer in zip(texts, answers)]
 
 
-def trace_row(problem_id: str, round_index: int, index: int, seed: int, prompt_ids: list[int], completion_ids: list[int],
+def trace_row(*, problem_id: str, round_index: int, index: int, seed: int, prompt_ids: list[int], completion_ids: list[int],
               completion: str, n_tokens: int, finish_reason: str, thinking_end_at: int, answer: str | None,
               grade: Grade, model_label: str) -> dict:
-    """One row of the traces table (`pipeline.tables.TRACES`), sampled or imported alike."""
+    """One row of the traces table (`pipeline.tables.TRACES`), sampled or imported alike (keywords
+    only: several arguments are ints or id lists that a positional slip would swap silently)."""
     return {
         "trace_id": f"{problem_id}-r{round_index}-s{index}",
         "problem_id": problem_id,
@@ -136,7 +137,10 @@ def sample_traces(
     for problem, request, completions in zip(problems, requests, outputs):
         for index, completion in enumerate(completions):
             text, grade = next(graded)
-            rows.append(trace_row(problem["problem_id"], round_index, index, request.params.seed, request.prompt_ids,
-                                  completion.token_ids, completion.text, completion.n_tokens, completion.finish_reason,
-                                  thinking_end(prompts.tokenizer, completion), answer_text(text), grade, model_label))
+            rows.append(trace_row(
+                problem_id=problem["problem_id"], round_index=round_index, index=index, seed=request.params.seed,
+                prompt_ids=request.prompt_ids, completion_ids=completion.token_ids, completion=completion.text,
+                n_tokens=completion.n_tokens, finish_reason=completion.finish_reason,
+                thinking_end_at=thinking_end(prompts.tokenizer, completion), answer=answer_text(text), grade=grade,
+                model_label=model_label))
     return rows
