@@ -291,3 +291,15 @@ def test_prove_and_evaluate_on_two_nodes_write_the_one_process_tables(contested,
     assert not [path for path in (two / "data").rglob("*") if path.name.endswith(".tmp")]
     metrics = [json.loads((workdir / "metrics" / "eval" / "base" / "metrics.json").read_text()) for workdir in (one, two)]
     assert metrics[0] == metrics[1]
+
+
+def test_evaluate_with_another_eval_prover_k_replaces_its_prover_shards_never_mixes_them(contested, tmp_path):
+    """`eval.prover_k` is part of the eval prover's and the extrapolation's fingerprints: a rerun with
+    another value replaces their shards (every row then has the new number of answers)."""
+    workdir = copy_inputs(contested[0], tmp_path)
+    shutil.copytree(contested[0] / TRACES_DIR, workdir / TRACES_DIR)
+    eval_dir = workdir / "data" / "eval" / "base"
+    for k in (1, 2):
+        mrt(workdir, "evaluate", "-r", "0", "--set", f"eval.prover_k={k}")
+        for table in ("prover", "extrapolation"):
+            assert {row["n_samples"] for row in read_table(eval_dir / table).to_pylist()} == {k}, (table, k)
