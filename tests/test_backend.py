@@ -1,6 +1,7 @@
 import torch
 
 from pipeline.backends.base import Request, SamplingParams
+from pipeline.backends.shared_prefix import SharedPrefixBatch
 from pipeline.backends.transformers_backend import TransformersBackend, common_prefix_length, sample_token
 from pipeline.templates import PromptBuilder
 
@@ -25,6 +26,22 @@ def test_samples_do_not_depend_on_batching(tiny_model_dir, tokenizer):
             assert tokenizer.eos_token_id not in completion.token_ids
 
 
+def test_rows_leaving_the_batch_early_change_no_sample(tiny_model_dir, tokenizer):
+    """Rows that finish early leave the decoding batch; the others' tokens stay those of one-row batches."""
+    from pipeline.models import ModelRef, load_causal_lm
+
+    model = load_causal_lm(ModelRef(str(tiny_model_dir)))
+    prompts = PromptBuilder(tokenizer, "chatml_think")
+    requests = [
+        Request(prompts.sampling_prompt_ids(p), SamplingParams(n=2, temperature=1.0, top_p=0.9, max_tokens=budget, seed=i))
+        for i, (p, budget) in enumerate([("Calculate 1 + 1.", 14), ("Calculate 2 + 3.", 3), ("What is 4 - 2?", 8)])
+    ]
+    wide = TransformersBackend(model, tokenizer, batch_size=6).generate(requests)
+    narrow = TransformersBackend(model, tokenizer, batch_size=1).generate(requests)
+    assert [[c.token_ids for c in r] for r in wide] == [[c.token_ids for c in r] for r in narrow]
+    assert [[c.n_tokens for c in r] for r in wide] == [[14, 14], [3, 3], [8, 8]]  # random weights: no EOS
+
+
 def test_greedy_matches_transformers_generate(tiny_model_dir, tokenizer, tiny_backend):
     from pipeline.models import ModelRef, load_causal_lm
 
@@ -45,6 +62,23 @@ def test_prefix_reuse_saves_prefill(tiny_backend):
     computed = tiny_backend.stats.prefill_tokens - before_prefill
     assert naive == 22 + 42 + 62
     assert computed == 22 + 22 + 22  # each prefix reuses the previous one up to the shared part
+
+
+def test_prefix_cache_outlives_a_call_within_its_token_bound(tiny_model_dir, tokenizer):
+    """A call that continues the previous call's prompt (budget forcing's answer after its
+    continuation) prefills only the new tokens; past `prefix_cache_tokens` the oldest prompts go."""
+    from pipeline.models import ModelRef, load_causal_lm
+
+    backend = TransformersBackend(load_causal_lm(ModelRef(str(tiny_model_dir))), tokenizer, batch_size=4,
+                                  prefix_cache_tokens=100)
+    base = list(range(200, 260))
+    backend.generate([Request(base, SamplingParams(n=1, max_tokens=2, seed=0))])
+    before = backend.stats.prefill_tokens
+    backend.generate([Request(base + [7, 8, 9], SamplingParams(n=2, max_tokens=2, seed=0))])
+    assert backend.stats.prefill_tokens - before == 3
+    assert list(backend._prefix_cache) == [tuple(base + [7, 8, 9])]  # 60 + 63 tokens > 100: the older one went
+    backend.generate([Request(list(range(600, 620)), SamplingParams(n=1, max_tokens=2, seed=0))])
+    assert [len(key) for key in backend._prefix_cache] == [63, 20]
 
 
 def test_stop_strings_cut_the_text(tiny_backend, tokenizer):
@@ -70,14 +104,53 @@ def test_shared_prefix_decoding_matches_full_attention(tiny_model_dir, tokenizer
     prompts = [tuple(range(300, 340)), tuple(range(300, 317)) + (5, 6)]
     entries = [backend._prefill(p) for p in prompts]
     rows = [entries[0], entries[1], entries[0], entries[1], entries[0]]  # 3 samples of one, 2 of the other
-    cache = backend._batched_cache(rows, extra=4)
+    batch = SharedPrefixBatch(capacity=4)
+    batch.rebuild([], [(entry, entry.kv) for entry in rows])
+    cache = batch.cache
     continuations = [[11, 12], [13, 14], [15, 16], [17, 18], [19, 20]]
     positions = torch.tensor([[e.length] for e in rows])
     with torch.inference_mode():
         for step in range(2):
             ids = torch.tensor([[c[step]] for c in continuations])
             logits = backend.model(input_ids=ids, position_ids=positions + step, past_key_values=cache, use_cache=True).logits[:, -1]
+            batch.advance(torch.ones(len(rows), dtype=torch.bool))
         for row, (entry, tail) in enumerate(zip(rows, continuations)):
             prompt = prompts[0] if entry is entries[0] else prompts[1]
             full = reference(input_ids=torch.tensor([list(prompt) + tail])).logits[0, -1]
             assert torch.allclose(logits[row], full, atol=1e-4), row
+
+
+def test_rows_leaving_and_joining_keep_cascade_attention_exact(tiny_model_dir, tokenizer):
+    """Continuous batching: after `rebuild` drops finished rows (and with them a whole prompt, the
+    longest, whose left padding goes too) and adds rows of a new prompt, every row's logits still
+    equal a full forward pass of its own prompt and tokens."""
+    from pipeline.models import ModelRef, load_causal_lm
+
+    reference = load_causal_lm(ModelRef(str(tiny_model_dir)))
+    backend = TransformersBackend(load_causal_lm(ModelRef(str(tiny_model_dir))), tokenizer, batch_size=8)
+    prompts = [tuple(range(300, 340)), tuple(range(300, 317)) + (5, 6), tuple(range(400, 425)), tuple(range(500, 530))]
+    entries = [backend._prefill(p) for p in prompts]
+    batch = SharedPrefixBatch(capacity=5)
+    row_prompts = [0, 1, 0, 2, 1, 2]
+    batch.rebuild([], [(entries[g], entries[g].kv) for g in row_prompts])
+    fed = {row: [] for row in range(8)}  # row id -> tokens it fed
+    alive = list(range(6))  # row id of each batch row
+    with torch.inference_mode():
+        for step in range(4):
+            if step == 2:  # rows 0, 2 (all of prompt 0, the longest) and 3 finish; two rows of prompt 3 join
+                keep = [position for position, row in enumerate(alive) if row not in (0, 2, 3)]
+                batch.rebuild(keep, [(entries[3], entries[3].kv), (entries[3], entries[3].kv)])
+                alive = [alive[position] for position in keep] + [6, 7]
+                row_prompts += [3, 3]
+                layer = batch.cache.layers[0]
+                assert layer.prefix_keys.shape[0] == 3  # prompts 1, 2 and 3
+                assert layer.prefix_keys.shape[2] == 30  # padded to prompt 3's length, not prompt 0's 40
+            ids = torch.tensor([[11 + 10 * row + step] for row in alive])
+            positions = torch.tensor([[len(prompts[row_prompts[row]]) + len(fed[row])] for row in alive])
+            logits = backend.model(input_ids=ids, position_ids=positions, past_key_values=batch.cache, use_cache=True).logits[:, -1]
+            batch.advance(torch.ones(len(alive), dtype=torch.bool))
+            for row in alive:
+                fed[row].append(11 + 10 * row + step)
+        for position, row in enumerate(alive):
+            full = reference(input_ids=torch.tensor([list(prompts[row_prompts[row]]) + fed[row]])).logits[0, -1]
+            assert torch.allclose(logits[position], full, atol=1e-4), row

@@ -7,6 +7,10 @@ one left-padded KV prefix per distinct prompt and a small buffer per row for the
 generates; attention is computed over the two parts separately (the prefix part with the
 queries of all rows of that prompt stacked together) and merged exactly with their
 log-sum-exp weights (cascade attention). Prefill still uses PyTorch SDPA.
+
+Rows come and go (`SharedPrefixBatch.rebuild`): finished rows leave, waiting ones join with
+their own prompts, so a batch stays full instead of decoding until its longest row ends. Each
+row counts its own tokens, so rows that joined at different steps decode side by side.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import AttentionInterface
+from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -29,34 +33,42 @@ class _SharedKV:
     layer: "SharedPrefixLayer"
 
 
-class SharedPrefixLayer(DynamicLayer):
-    """One layer's cache for a decoding batch: prefixes per prompt group, new tokens per row."""
+@dataclass
+class _Rows:
+    """What all layers of one decoding batch share: the row-to-prompt layout and each row's
+    count of own tokens in the cache."""
 
-    def __init__(self, prefix_keys: torch.Tensor, prefix_values: torch.Tensor, prefix_valid: torch.Tensor,
-                 rows_by_group: torch.Tensor, row_slot: torch.Tensor, batch: int, extra: int):
+    valid: torch.Tensor  # [G, P] bool: False on a prompt's left padding
+    rows_by_group: torch.Tensor  # [G, R] row index of each group member (padded with its first)
+    row_slot: torch.Tensor  # [B] flat index of each row in the [G * R] grid
+    lengths: torch.Tensor  # [B] own tokens written per row; the next one goes at this column
+
+
+class SharedPrefixLayer(DynamicLayer):
+    """One layer's cache for a decoding batch: prefixes per prompt group, own tokens per row."""
+
+    def __init__(self, prefix_keys: torch.Tensor, prefix_values: torch.Tensor, own_keys: torch.Tensor,
+                 own_values: torch.Tensor, rows: _Rows):
         super().__init__()
         self.prefix_keys, self.prefix_values = prefix_keys, prefix_values  # [G, kv_heads, P, d]
-        self.prefix_valid = prefix_valid  # [G, P] bool: False on left padding
-        self.rows_by_group = rows_by_group  # [G, R] row index of each group member (padded with 0)
-        self.row_slot = row_slot  # [B] flat index of each row in the [G * R] grid
-        groups, heads, _, dim = prefix_keys.shape
-        self.new_keys = prefix_keys.new_empty((batch, heads, extra, dim))
-        self.new_values = prefix_values.new_empty((batch, heads, extra, dim))
-        self.written = 0
+        self.own_keys, self.own_values = own_keys, own_values  # [B, kv_heads, capacity, d]
+        self.rows = rows
         self.dtype, self.device, self.is_initialized = prefix_keys.dtype, prefix_keys.device, True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        new = key_states.shape[2]
-        if self.written + new > self.new_keys.shape[2]:
+        if key_states.shape[2] != 1:
+            raise RuntimeError("shared-prefix attention decodes one token per step")
+        lengths = self.rows.lengths
+        if int(lengths.max()) >= self.own_keys.shape[2]:
             raise RuntimeError("generation ran past the reserved KV cache length")
-        self.new_keys[:, :, self.written : self.written + new] = key_states
-        self.new_values[:, :, self.written : self.written + new] = value_states
-        self.written += new
+        batch = torch.arange(lengths.shape[0], device=lengths.device)
+        self.own_keys[batch, :, lengths] = key_states[:, :, 0]
+        self.own_values[batch, :, lengths] = value_states[:, :, 0]
         marker = _SharedKV(self)
         return marker, marker
 
     def get_seq_length(self) -> int:
-        return self.prefix_keys.shape[2] + self.written
+        return self.prefix_keys.shape[2] + int(self.rows.lengths.max()) + 1
 
 
 def _attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | None, scale: float):
@@ -72,51 +84,34 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout=0
     """Cascade attention for `SharedPrefixLayer` caches; plain SDPA for everything else."""
     if not isinstance(key, _SharedKV):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    layer = key.layer
+    layer, rows = key.layer, key.layer.rows
     batch, heads, q_len, dim = query.shape
-    if q_len != 1:
-        raise RuntimeError("shared-prefix attention decodes one token per step")
     groups, kv_heads, _, _ = layer.prefix_keys.shape
     repeat = heads // kv_heads
     scale = scaling if scaling is not None else dim**-0.5
     by_row = query.view(batch, kv_heads, repeat, dim)
     # Prefix part: every row of a group is a query position against the group's prefix.
-    members = layer.rows_by_group.shape[1]
-    stacked = by_row[layer.rows_by_group.reshape(-1)].view(groups, members, kv_heads, repeat, dim)
+    members = rows.rows_by_group.shape[1]
+    stacked = by_row[rows.rows_by_group.reshape(-1)].view(groups, members, kv_heads, repeat, dim)
     stacked = stacked.permute(0, 2, 1, 3, 4).reshape(groups, kv_heads, members * repeat, dim)
-    prefix_out, prefix_lse = _attend(stacked, layer.prefix_keys, layer.prefix_values, layer.prefix_valid[:, None, None, :], scale)
+    prefix_out, prefix_lse = _attend(stacked, layer.prefix_keys, layer.prefix_values, rows.valid[:, None, None, :], scale)
     def per_row(t: torch.Tensor) -> torch.Tensor:
         t = t.view(groups, kv_heads, members, repeat, -1).permute(0, 2, 1, 3, 4).reshape(groups * members, kv_heads, repeat, -1)
-        return t[layer.row_slot]
+        return t[rows.row_slot]
     prefix_out, prefix_lse = per_row(prefix_out), per_row(prefix_lse)
-    # Own part: each row against the tokens it generated itself.
-    own = slice(0, layer.written)
-    own_out, own_lse = _attend(by_row, layer.new_keys[:, :, own], layer.new_values[:, :, own], None, scale)
+    # Own part: each row against the tokens it generated itself (columns up to its length).
+    width = int(rows.lengths.max()) + 1
+    own_valid = torch.arange(width, device=query.device)[None, :] <= rows.lengths[:, None]
+    own_out, own_lse = _attend(by_row, layer.own_keys[:, :, :width], layer.own_values[:, :, :width],
+                               own_valid[:, None, None, :], scale)
     top = torch.maximum(prefix_lse, own_lse)
     w_prefix, w_own = torch.exp(prefix_lse - top), torch.exp(own_lse - top)
     out = (prefix_out * w_prefix + own_out * w_own) / (w_prefix + w_own)
     return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
 
 
-def install(model) -> None:
-    """Make `model` use shared-prefix attention (SDPA for prefill, cascade for decoding)."""
-    AttentionInterface.register(ATTENTION_NAME, shared_prefix_attention)
-    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
-    model.set_attn_implementation(ATTENTION_NAME)
-
-
-def shared_prefix_layers(prefixes: list[list[tuple[torch.Tensor, torch.Tensor]]], row_groups: list[int], extra: int):
-    """Cache layers for a batch whose row i continues prompt `row_groups[i]` of `prefixes`.
-
-    `prefixes[g]` is a prompt's per-layer (keys, values) with batch size 1; they are
-    left-padded to a common length once, and never copied per row.
-    """
-    device = prefixes[0][0][0].device
-    lengths = [kv[0][0].shape[2] for kv in prefixes]
-    width, groups = max(lengths), len(prefixes)
-    valid = torch.zeros((groups, width), dtype=torch.bool, device=device)
-    for g, length in enumerate(lengths):
-        valid[g, width - length :] = True
+def _group_layout(row_groups: list[int], groups: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows_by_group, row_slot): where each row sits among its group's members."""
     members: list[list[int]] = [[] for _ in range(groups)]
     for row, group in enumerate(row_groups):
         members[group].append(row)
@@ -126,13 +121,100 @@ def shared_prefix_layers(prefixes: list[list[tuple[torch.Tensor, torch.Tensor]]]
     for group, rows in enumerate(members):
         for position, row in enumerate(rows):
             row_slot[row] = group * most + position
-    layers = []
-    for layer in range(len(prefixes[0])):
-        k0 = prefixes[0][layer][0]
-        shape = (groups, k0.shape[1], width, k0.shape[3])
-        keys, values = k0.new_zeros(shape), k0.new_zeros(shape)
-        for g, kv in enumerate(prefixes):
-            keys[g, :, width - lengths[g] :] = kv[layer][0][0]
-            values[g, :, width - lengths[g] :] = kv[layer][1][0]
-        layers.append(SharedPrefixLayer(keys, values, valid, rows_by_group, row_slot, len(row_groups), extra))
-    return layers
+    return rows_by_group, row_slot
+
+
+def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Pad dimension -2 (sequence) on the left to `width`."""
+    return torch.nn.functional.pad(t, (0, 0, width - t.shape[-2], 0))
+
+
+class SharedPrefixBatch:
+    """A decoding batch whose rows come and go (continuous batching).
+
+    Each row continues one prompt (a group: a prompt's samples share its prefilled KV, stored
+    once). `rebuild` drops finished rows and adds new ones in one pass, so a batch stays full
+    while requests are waiting instead of decoding until its longest row ends. Every row keeps
+    its own tokens, positions and results: a row's logits do not depend on the other rows.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity  # own tokens a row may feed back (its max_tokens)
+        self.cache = DynamicCache()
+        self.cache.layers = []
+        self.group_keys: list[object] = []  # one prompt entry per group
+        self.row_groups: list[int] = []
+
+    @property
+    def size(self) -> int:
+        return len(self.row_groups)
+
+    def rebuild(self, keep: list[int], new: list[tuple[object, list[tuple[torch.Tensor, torch.Tensor]]]]) -> None:
+        """Keep rows `keep` (in that order) and append one row per `(key, kv)` in `new`.
+
+        `key` names the prompt (rows with the same key share one prefix); `kv` is the prompt's
+        per-layer (keys, values) with batch size 1. Groups left without rows are dropped, and
+        so are left-padding columns no remaining prompt needs."""
+        old_layers = self.cache.layers
+        kept_groups = sorted({self.row_groups[i] for i in keep})
+        group_of = {id(self.group_keys[g]): new_g for new_g, g in enumerate(kept_groups)}
+        keys = [self.group_keys[g] for g in kept_groups]
+        added_kv: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+        row_groups = [group_of[id(self.group_keys[self.row_groups[i]])] for i in keep]
+        for key, kv in new:
+            if id(key) not in group_of:
+                group_of[id(key)] = len(keys)
+                keys.append(key)
+                added_kv.append(kv)
+            row_groups.append(group_of[id(key)])
+        if not row_groups:
+            self.cache.layers, self.group_keys, self.row_groups = [], [], []
+            return
+        template = old_layers[0].prefix_keys if old_layers else added_kv[0][0][0]
+        device = template.device
+        lengths_of_added = [kv[0][0].shape[2] for kv in added_kv]
+        if old_layers:
+            kept_index = torch.tensor(kept_groups, dtype=torch.long, device=device)
+            old_valid = old_layers[0].rows.valid[kept_index]
+            kept_lengths = old_valid.sum(dim=1).tolist()
+        else:
+            kept_index, old_valid, kept_lengths = None, None, []
+        width = max(kept_lengths + lengths_of_added)
+        valid = torch.zeros((len(keys), width), dtype=torch.bool, device=device)
+        for g, length in enumerate(kept_lengths + lengths_of_added):
+            valid[g, width - length :] = True
+        rows_by_group, row_slot = _group_layout(row_groups, len(keys), device)
+        keep_index = torch.tensor(keep, dtype=torch.long, device=device)
+        old_lengths = old_layers[0].rows.lengths[keep_index] if old_layers else torch.zeros(0, dtype=torch.long, device=device)
+        lengths = torch.cat([old_lengths, torch.zeros(len(new), dtype=torch.long, device=device)])
+        rows = _Rows(valid, rows_by_group, row_slot, lengths)
+        layers = []
+        for layer in range(len(old_layers) if old_layers else len(added_kv[0])):
+            parts_k, parts_v = [], []
+            if old_layers and kept_groups:
+                old = old_layers[layer]
+                parts_k.append(_left_pad(old.prefix_keys[kept_index][..., -max(kept_lengths):, :], width))
+                parts_v.append(_left_pad(old.prefix_values[kept_index][..., -max(kept_lengths):, :], width))
+            parts_k += [_left_pad(kv[layer][0], width) for kv in added_kv]
+            parts_v += [_left_pad(kv[layer][1], width) for kv in added_kv]
+            k0 = parts_k[0]
+            own_shape = (len(new), k0.shape[1], self.capacity, k0.shape[3])
+            own_k, own_v = [k0.new_zeros(own_shape)], [k0.new_zeros(own_shape)]
+            if old_layers:
+                own_k.insert(0, old_layers[layer].own_keys[keep_index])
+                own_v.insert(0, old_layers[layer].own_values[keep_index])
+            layers.append(SharedPrefixLayer(torch.cat(parts_k), torch.cat(parts_v), torch.cat(own_k), torch.cat(own_v), rows))
+        self.cache.layers, self.group_keys, self.row_groups = layers, keys, row_groups
+
+    def advance(self, fed: torch.Tensor) -> None:
+        """After a forward step: rows where `fed` is True wrote one more own token."""
+        if self.cache.layers:
+            rows = self.cache.layers[0].rows
+            rows.lengths = rows.lengths + fed.to(rows.lengths.dtype)
+
+
+def install(model) -> None:
+    """Make `model` use shared-prefix attention (SDPA for prefill, cascade for decoding)."""
+    AttentionInterface.register(ATTENTION_NAME, shared_prefix_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+    model.set_attn_implementation(ATTENTION_NAME)

@@ -5,22 +5,29 @@ Two things `model.generate` does not do, and why this loop exists:
   thinking up to each cut. Each prompt is prefilled on top of the KV cache of the most
   similar prompt computed recently (cropped to their common prefix), so a trace's prefill
   costs about one trace length instead of the sum of its prefix lengths, and the K samples
-  of a prompt share one prefill. `stats` reports computed against naive prefill tokens.
+  of a prompt share one prefill. The cache outlives a `generate` call, because the next call
+  often continues this one's prompts (budget forcing answers after each continuation, then
+  continues again: `pipeline.extrapolation`); it keeps the most recently used prompts, up to
+  `prefix_cache_entries` (a shard's traces) and `prefix_cache_tokens` (memory, whatever the
+  trace length). `stats` reports computed against naive prefill tokens.
 - Per-sample seeds. Each sample draws from its own `torch.Generator`, seeded from the
   request seed and the sample index, so it does not depend on batching or sharding.
-Decoding is batched across requests; the samples of one prompt share its KV cache instead of
-copying it per row (`pipeline.backends.shared_prefix`).
+Decoding is batched across requests with continuous batching: a finished row leaves the batch
+and a waiting one takes its place, so a batch does not decode until its longest row ends. The
+samples of one prompt share its KV cache instead of copying it per row
+(`pipeline.backends.shared_prefix`).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
 
-from pipeline.backends.base import Completion, GenerationStats, Request, completion_text
-from pipeline.backends.shared_prefix import install, shared_prefix_layers
+from pipeline.backends.base import Completion, GenerationStats, Request, SamplingParams, completion_text
+from pipeline.backends.shared_prefix import SharedPrefixBatch, install
 from pipeline.tokens import decode
 
 _STOP_LOOKBACK_TOKENS = 16
@@ -82,8 +89,22 @@ class _Prefilled:
         return self.kv[0][0].shape[-2]
 
 
+@dataclass
+class _Row:
+    """One sample being decoded: sample `sample` of request `request`."""
+
+    request: int
+    sample: int
+    params: SamplingParams
+    entry: _Prefilled
+    generator: torch.Generator
+    generated: list[int] = field(default_factory=list)
+    finish: str | None = None
+
+
 class TransformersBackend:
-    def __init__(self, model, tokenizer, batch_size: int = 16, prefix_cache_entries: int = 8, reuse_prefixes: bool = True):
+    def __init__(self, model, tokenizer, batch_size: int = 16, prefix_cache_entries: int = 64,
+                 prefix_cache_tokens: int = 32_768, reuse_prefixes: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -94,22 +115,19 @@ class TransformersBackend:
         self.eos_ids = {i for i in eos_ids + [tokenizer.eos_token_id] if i is not None}
         self.stats = GenerationStats()
         self._prefix_cache: OrderedDict[tuple[int, ...], _Prefilled] = OrderedDict()
-        self._prefix_cache_entries = prefix_cache_entries
+        self._prefix_cache_entries = prefix_cache_entries  # enough for a shard's traces (budget forcing reuses them)
+        self._prefix_cache_tokens = prefix_cache_tokens  # and a bound on memory, whatever the trace length
         self._reuse_prefixes = reuse_prefixes  # False: only identical prompts share a prefill (the naive cost)
         install(model)  # decoding reads each prompt's KV cache once per step, not once per sample
 
     def generate(self, requests: list[Request], on_done=None) -> list[list[Completion]]:
-        # Keep request order: neighbouring prompts (prefixes of one trace) share the most.
+        """Continuous batching: up to `batch_size` rows decode together; finished rows leave and
+        waiting ones join (`_decode`), in request order so neighbouring prompts (prefixes of one
+        trace) share the most prefill."""
         rows = [(r, s) for r in range(len(requests)) for s in range(requests[r].params.n)]
         results: list[list[Completion | None]] = [[None] * req.params.n for req in requests]
-        for start in range(0, len(rows), self.batch_size):
-            batch = rows[start : start + self.batch_size]
-            completions = self._generate_batch(requests, batch)
-            for (r, s), completion in zip(batch, completions):
-                results[r][s] = completion
-            if on_done:
-                on_done(len(batch))
-        self._prefix_cache.clear()
+        if rows:
+            self._decode(requests, rows, results, on_done)
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
@@ -134,65 +152,86 @@ class TransformersBackend:
         self.stats.prompt_tokens += len(ids)
         self.stats.prefill_tokens += len(ids) - reuse
         self._prefix_cache[ids] = entry
-        while len(self._prefix_cache) > self._prefix_cache_entries:
+        while len(self._prefix_cache) > 1 and (
+            len(self._prefix_cache) > self._prefix_cache_entries
+            or sum(e.length for e in self._prefix_cache.values()) > self._prefix_cache_tokens
+        ):
             self._prefix_cache.popitem(last=False)
         return entry
 
-    def _batched_cache(self, entries: list[_Prefilled], extra: int) -> DynamicCache:
-        """One cache for a decoding batch: each distinct prompt's KV once, shared by its samples."""
-        groups: dict[int, int] = {}
-        distinct: list[_Prefilled] = []
-        row_groups = []
-        for entry in entries:
-            if id(entry) not in groups:
-                groups[id(entry)] = len(distinct)
-                distinct.append(entry)
-            row_groups.append(groups[id(entry)])
-        cache = DynamicCache()
-        cache.layers = shared_prefix_layers([e.kv for e in distinct], row_groups, extra)
-        return cache
+    def _refill_threshold(self) -> int:
+        """Finished rows to gather before rebuilding the batch: rebuilding copies the cache, so it
+        waits for an eighth of the batch to be free (decoding a step costs about the same with a
+        few idle rows)."""
+        return max(1, self.batch_size // 8)
 
     @torch.inference_mode()
-    def _generate_batch(self, requests: list[Request], batch: list[tuple[int, int]]) -> list[Completion]:
-        entries = [self._prefill(tuple(requests[r].prompt_ids)) for r, _ in batch]
-        params = [requests[r].params for r, _ in batch]
-        generators = [torch.Generator().manual_seed(sample_seed(p.seed, s)) for p, (_, s) in zip(params, batch)]
-        max_new = max(p.max_tokens for p in params)
-        past = self._batched_cache(entries, max_new)
-        positions = torch.tensor([[e.length] for e in entries], device=self.device)
-        logits = torch.stack([e.last_logits for e in entries])
-        generated: list[list[int]] = [[] for _ in batch]
-        finish: list[str | None] = [None] * len(batch)
-        for _ in range(max_new):
+    def _decode(self, requests: list[Request], rows: list[tuple[int, int]], results, on_done) -> None:
+        batch = SharedPrefixBatch(capacity=max(req.params.max_tokens for req in requests))
+        live: list[_Row] = []  # the batch's rows, in cache order
+        waiting = iter(rows)
+        remaining = len(rows)
+        logits = torch.empty(0)
+        while True:
+            finished = [i for i, row in enumerate(live) if row.finish is not None]
+            free = self.batch_size - len(live) + len(finished)
+            joining = remaining - (len(live) - len(finished))  # rows not yet in the batch
+            if joining and (len(finished) == len(live) or free >= min(self._refill_threshold(), joining)):
+                live, logits = self._rebuild(batch, requests, live, logits, [next(waiting) for _ in range(min(free, joining))])
+            elif finished and 2 * len(finished) >= len(live):
+                live, logits = self._rebuild(batch, requests, live, logits, [])
+            if not live:
+                return
             next_ids = []
-            for i, p in enumerate(params):
-                if finish[i] is not None:
+            for i, row in enumerate(live):
+                if row.finish is not None:
                     next_ids.append(self.pad_id)
                     continue
-                token = sample_token(logits[i], p.temperature, p.top_p, generators[i])
+                token = sample_token(logits[i], row.params.temperature, row.params.top_p, row.generator)
                 next_ids.append(token)
-                if token in self.eos_ids:
-                    finish[i] = "stop"
-                    continue
-                generated[i].append(token)
-                self.stats.generated_tokens += 1
-                if p.stop and self._hit_stop(generated[i], p.stop):
-                    finish[i] = "stop"
-                elif len(generated[i]) >= p.max_tokens:
-                    finish[i] = "length"
-            if all(f is not None for f in finish):
-                break
-            step_ids = torch.tensor(next_ids, device=self.device).unsqueeze(-1)
+                self._append(row, token)
+                if row.finish is not None:
+                    results[row.request][row.sample] = self._completion(row.generated, row.finish, row.params)
+                    remaining -= 1
+                    if on_done:
+                        on_done(1)
+            if remaining == 0:
+                return
+            fed = torch.tensor([row.finish is None for row in live])
             out = self.model(
-                input_ids=step_ids,
-                position_ids=positions,
-                past_key_values=past,
+                input_ids=torch.tensor(next_ids, device=self.device).unsqueeze(-1),
+                position_ids=torch.tensor([[row.entry.length + len(row.generated) - 1] for row in live], device=self.device),
+                past_key_values=batch.cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
-            past, positions = out.past_key_values, positions + 1
+            batch.advance(fed.to(self.device))
             logits = out.logits[:, -1, :].float().cpu()
-        return [self._completion(ids, reason or "length", p) for ids, reason, p in zip(generated, finish, params)]
+
+    def _rebuild(self, batch: SharedPrefixBatch, requests: list[Request], live: list["_Row"], logits: torch.Tensor,
+                 joining: list[tuple[int, int]]) -> tuple[list["_Row"], torch.Tensor]:
+        """Drop the batch's finished rows and prefill and add `joining` ones."""
+        keep = [i for i, row in enumerate(live) if row.finish is None]
+        new = []
+        for r, s in joining:
+            params = requests[r].params
+            entry = self._prefill(tuple(requests[r].prompt_ids))
+            new.append(_Row(r, s, params, entry, torch.Generator().manual_seed(sample_seed(params.seed, s))))
+        batch.rebuild(keep, [(row.entry, row.entry.kv) for row in new])
+        logits = torch.cat(([logits[keep]] if keep else []) + [row.entry.last_logits[None] for row in new]) if keep or new else logits
+        return [live[i] for i in keep] + new, logits
+
+    def _append(self, row: "_Row", token: int) -> None:
+        """Record a sampled token and whether it ends the row (EOS, a stop string, the budget)."""
+        if token in self.eos_ids:
+            row.finish = "stop"
+            return
+        row.generated.append(token)
+        self.stats.generated_tokens += 1
+        if row.params.stop and self._hit_stop(row.generated, row.params.stop):
+            row.finish = "stop"
+        elif len(row.generated) >= row.params.max_tokens:
+            row.finish = "length"
 
     def _hit_stop(self, ids: list[int], stop: tuple[str, ...]) -> bool:
         tail = decode(self.tokenizer, ids[-_STOP_LOOKBACK_TOKENS:])
