@@ -255,6 +255,7 @@ def test_non_finite_ids_count_as_missing(tmp_path, grader):
     assert "nan" not in ids and "7.0" in ids and len(set(ids)) == 3
 
 
+@pytest.mark.slow  # waits out real grading timeouts
 def test_oversized_problems_and_golds_that_time_out_are_rejected(tmp_path, grader):
     rows = [
         {"problem": "What is 1+1?", "answer": "2"},

@@ -135,6 +135,7 @@ def check_episodes(text: str, char_starts: list[int], config: EpisodesConfig) ->
 # -- the episode splitter ------------------------------------------------------------------
 
 
+@pytest.mark.slow  # hundreds of generated texts
 @fuzz("split_chars")
 @given(text=any_text, config=configs)
 def test_splitter_one_token_per_character(text, config):
@@ -188,6 +189,7 @@ def split_like_the_stage(tokenizer, completion_ids: list[int], config: EpisodesC
     return thinking, text, episodes
 
 
+@pytest.mark.slow  # hundreds of generated texts
 @fuzz("split_tokenizer_text")
 @given(text=any_text, config=configs)
 def test_splitter_with_the_real_tokenizer(tokenizer, text, config):
@@ -264,22 +266,27 @@ def check_extraction(text: str) -> str | None:
     return answer
 
 
+@pytest.mark.slow  # hundreds of generated texts
 @fuzz("extract")
 @given(text=any_text)
 def test_extraction_never_raises(text):
     check_extraction(text)
 
 
+@pytest.mark.slow  # 20 texts of a megabyte
 @fuzz("extract_huge")
 @given(text=huge_text)
 def test_extraction_of_a_megabyte_is_fast(text):
     assert len(text) >= 1_000_000
+    # A guard against quadratic scans (once 15 s for one extraction of such a text), not a speed
+    # target: 1 MB takes about 1 s per extraction alone on 2 cores, and once took 4.8 s for the four
+    # below on the first example of a run, so the bound leaves room for a slow first call.
     started = time.perf_counter()
     check_extraction(text)
-    assert time.perf_counter() - started < 1.0 * 4  # check_extraction extracts four times
+    assert time.perf_counter() - started < 3.0 * 4  # check_extraction extracts four times
     started = time.perf_counter()
     extract_answer(text)
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 3.0
 
 
 @pytest.mark.parametrize(
@@ -342,6 +349,7 @@ def check_grades(grader, grades, answers) -> None:
     assert grader.stats.slowest_seconds <= LIMIT
 
 
+@pytest.mark.slow  # hundreds of answers through grading workers
 @fuzz("grade_completions")
 @given(pairs=batch)
 def test_grading_completions_never_raises_or_hangs(grader, pairs):
@@ -353,6 +361,7 @@ def test_grading_completions_never_raises_or_hangs(grader, pairs):
     assert time.perf_counter() - started < LIMIT * BATCH / 2 + 10
 
 
+@pytest.mark.slow  # hundreds of answers through grading workers
 @fuzz("grade_answers")
 @given(pairs=batch)
 def test_grading_raw_answers_never_raises_or_hangs(grader, pairs):

@@ -107,6 +107,7 @@ def test_adversarial_input_never_hangs(grader, name):
         assert grade.grade == CORRECT  # the box at the end is still found
 
 
+@pytest.mark.slow  # kills and replaces a worker process
 def test_hard_limit_kills_a_stuck_worker_and_requeues_the_rest():
     """A stopped worker uses no CPU: the wall-clock backstop kills it; its answer, retried by a
     fresh worker alone, gets its real grade, and the rest of its batch is requeued."""
@@ -122,6 +123,7 @@ def test_hard_limit_kills_a_stuck_worker_and_requeues_the_rest():
         assert pool.stats.workers_replaced == 1 and stuck.poll() is not None
 
 
+@pytest.mark.slow  # waits out real timeouts
 def test_a_timeout_is_retried_alone_before_it_is_recorded():
     with Grader(workers=2, timeout_seconds=1.0) as pool:
         grades = pool.grade_answers(["1", "3", "3"], [SLOW, "3", "4"])
@@ -137,6 +139,7 @@ def test_too_complex_answers_cost_no_worker_time(grader):
     assert grader.stats.judged - before == 2
 
 
+@pytest.mark.slow  # kills and replaces a worker process
 def test_a_dead_worker_is_replaced():
     with Grader(workers=1, timeout_seconds=2.0) as pool:
         pool.grade_answers(["1"], ["x^0"])
@@ -179,6 +182,7 @@ def test_extraction_never_raises(completion):
     assert answer is None or isinstance(answer, str)
 
 
+@pytest.mark.slow  # starts `mrt grade` processes
 def test_mrt_grade_cli(tmp_path):
     """Both modes of `mrt grade` on another pipeline's file: whole completions, and bare answers."""
     from typer.testing import CliRunner
@@ -228,6 +232,7 @@ def test_mrt_grade_cli(tmp_path):
     assert wrong_mode.exit_code == 2
 
 
+@pytest.mark.slow  # starts fresh worker processes
 def test_first_answer_of_a_fresh_worker_gets_the_same_limit():
     """The limit starts when the worker is ready, so a hang in the first answer is cut short too:
     it is stopped on its CPU time, well before the wall-clock backstop."""
@@ -263,6 +268,7 @@ def _grade_load_cases() -> tuple[list[tuple[str, str | None]], int]:
         return [(g.grade, g.reason) for g in grades], pool.stats.timeouts + pool.stats.retried
 
 
+@pytest.mark.slow  # grading workers under a CPU hog
 def test_grades_do_not_depend_on_machine_load():
     """The same answers graded on a quiet machine and beside busy processes get the same grades."""
     quiet, quiet_timeouts = _grade_load_cases()

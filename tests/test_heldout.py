@@ -181,6 +181,7 @@ def test_unavailable_benchmark_says_what_was_tried_and_how_to_fix_it(monkeypatch
         load_benchmark(bench("aime24", path=str(tmp_path / "empty.jsonl")))
 
 
+@pytest.mark.slow  # starts `mrt` processes
 def test_cli_reports_an_unavailable_benchmark_cleanly(monkeypatch, tmp_path):
     from stages.cli import app
 
@@ -203,6 +204,7 @@ def test_benchmark_with_no_usable_rows_is_an_error(tmp_path, grader):
 # -- the stage and the per-source metrics -----------------------------------------------------
 
 
+@pytest.mark.slow  # the whole prepare stage
 def test_prepare_problems_stage_writes_tables_and_metrics(tmp_path):
     from stages.prepare import run_problems
 

@@ -355,6 +355,7 @@ def _files(folder: Path) -> set[Path]:
     return {p for p in folder.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow  # runs the stages on the tiny model
 def test_stages_write_nothing_outside_their_roots(tmp_path, monkeypatch, smol_tokenizer_dir, tokenizer):
     """prepare-problems, split and score in a scratch working directory: every new file is under
     data_dir or metrics_dir, nothing lands in the working directory."""

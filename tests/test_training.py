@@ -105,6 +105,7 @@ def test_training_in_this_process_saves_model_tokenizer_and_metrics(workspace, t
         torch.testing.assert_close(recomputed[name], after[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow  # two `accelerate launch` processes
 def test_accelerate_relaunch_trains_on_two_processes_like_one_with_their_joint_batch(workspace, monkeypatch):
     """2 processes x batch 2 all-reduce to the same update as 1 process x batch 4."""
     import torch
