@@ -145,10 +145,6 @@ class SharedPrefixBatch:
         self.group_keys: list[object] = []  # one prompt entry per group
         self.row_groups: list[int] = []
 
-    @property
-    def size(self) -> int:
-        return len(self.row_groups)
-
     def rebuild(self, keep: list[int], new: list[tuple[object, list[tuple[torch.Tensor, torch.Tensor]]]]) -> None:
         """Keep rows `keep` (in that order) and append one row per `(key, kv)` in `new`.
 
@@ -170,15 +166,10 @@ class SharedPrefixBatch:
         if not row_groups:
             self.cache.layers, self.group_keys, self.row_groups = [], [], []
             return
-        template = old_layers[0].prefix_keys if old_layers else added_kv[0][0][0]
-        device = template.device
+        device = (old_layers[0].prefix_keys if old_layers else added_kv[0][0][0]).device
         lengths_of_added = [kv[0][0].shape[2] for kv in added_kv]
-        if old_layers:
-            kept_index = torch.tensor(kept_groups, dtype=torch.long, device=device)
-            old_valid = old_layers[0].rows.valid[kept_index]
-            kept_lengths = old_valid.sum(dim=1).tolist()
-        else:
-            kept_index, old_valid, kept_lengths = None, None, []
+        kept_index = torch.tensor(kept_groups, dtype=torch.long, device=device)
+        kept_lengths = old_layers[0].rows.valid[kept_index].sum(dim=1).tolist() if old_layers else []
         width = max(kept_lengths + lengths_of_added)
         valid = torch.zeros((len(keys), width), dtype=torch.bool, device=device)
         for g, length in enumerate(kept_lengths + lengths_of_added):
