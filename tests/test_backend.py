@@ -94,6 +94,37 @@ def test_nucleus_sampling_keeps_to_the_nucleus():
     assert common_prefix_length((1, 2, 3), (1, 2, 4)) == 2 and common_prefix_length((1,), (1, 2)) == 1
 
 
+def _one_row_reference(logits, temperature, top_p, generator) -> int:
+    """Temperature + nucleus sampling of one row, written from the definition: the smallest set of
+    most likely tokens whose mass reaches top_p, renormalized."""
+    if temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p >= 1.0:
+        return int(torch.multinomial(probs, 1, generator=generator))
+    values, indices = torch.sort(probs, descending=True)
+    values = values.masked_fill(torch.cumsum(values, dim=-1) - values > top_p, 0.0)
+    return int(indices[torch.multinomial(values, 1, generator=generator)])
+
+
+def test_batched_sampling_draws_what_each_row_draws_alone():
+    """One softmax and partial sort for the batch; each row's token equals a one-row draw with its
+    own settings and generator (peaked, flat and tied rows, greedy and no-nucleus rows)."""
+    from pipeline.backends.transformers_backend import sample_tokens
+
+    torch.manual_seed(0)
+    logits = torch.randn(12, 3000) * torch.tensor([1.0, 3.0, 20.0] * 4)[:, None]
+    logits[3, :50] = 5.0  # a tied plateau
+    logits[4] = 0.0  # flat: the nucleus needs more than the first candidates
+    temperatures = [0.7, 1.0, 0.7, 1.3, 0.7, 0.0, 0.7, 1.0, 0.7, 0.7, 0.5, 0.7]
+    top_ps = [0.95, 0.9, 0.95, 0.95, 0.999, 0.95, 1.0, 0.5, 0.95, 0.95, 0.95, 0.7]
+    for seed in range(20):
+        batched = sample_tokens(logits, temperatures, top_ps, [torch.Generator().manual_seed(seed + i) for i in range(12)])
+        alone = [_one_row_reference(logits[i], temperatures[i], top_ps[i], torch.Generator().manual_seed(seed + i))
+                 for i in range(12)]
+        assert batched == alone
+
+
 def test_shared_prefix_decoding_matches_full_attention(tiny_model_dir, tokenizer):
     """Cascade attention over (shared prompt KV, own tokens) gives the logits of a full forward pass."""
     from pipeline.backends.transformers_backend import TransformersBackend

@@ -45,22 +45,41 @@ def pick_device(device: str) -> str:
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
-    """Temperature + nucleus sampling of one token from one row of logits.
+    """Temperature + nucleus sampling of one token from one row of logits."""
+    return sample_tokens(logits[None], [temperature], [top_p], [generator])[0]
 
-    The nucleus is searched among the top 1024 tokens first (a partial sort); only when
-    those hold less than `top_p` of the mass is the whole vocabulary sorted. Same result.
+
+def sample_tokens(logits: torch.Tensor, temperatures: list[float], top_ps: list[float],
+                  generators: list[torch.Generator]) -> list[int]:
+    """Temperature + nucleus sampling of one token per row of `logits` [rows, vocab], each row
+    with its own settings and generator.
+
+    The softmax and the partial sort run once for the whole batch (row by row they cost a tenth
+    of a decoding step); each row then draws from its own nucleus with its own generator, so a
+    row's token does not depend on the other rows. The nucleus is searched among the top 1024
+    tokens first; only when those hold less than `top_p` of the mass is the row fully sorted.
     """
-    if temperature <= 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p >= 1.0:
-        return int(torch.multinomial(probs, 1, generator=generator))
-    values, indices = torch.topk(probs, min(_NUCLEUS_CANDIDATES, probs.shape[-1]))
-    if float(values.sum()) < top_p:
-        values, indices = torch.sort(probs, descending=True)
-    cumulative = torch.cumsum(values, dim=-1)
-    values = values.masked_fill(cumulative - values > top_p, 0.0)  # smallest set reaching top_p
-    return int(indices[torch.multinomial(values, 1, generator=generator)])
+    tokens: list[int] = [0] * len(temperatures)
+    hot = [i for i, t in enumerate(temperatures) if t > 0]
+    for i in range(len(temperatures)):
+        if temperatures[i] <= 0:
+            tokens[i] = int(torch.argmax(logits[i]))
+    if not hot:
+        return tokens
+    index = torch.tensor(hot, dtype=torch.long)
+    probs = torch.softmax(logits[index] / torch.tensor([[temperatures[i]] for i in hot], dtype=logits.dtype), dim=-1)
+    top_values, top_indices = torch.topk(probs, min(_NUCLEUS_CANDIDATES, probs.shape[-1]))
+    for row, i in enumerate(hot):
+        if top_ps[i] >= 1.0:
+            tokens[i] = int(torch.multinomial(probs[row], 1, generator=generators[i]))
+            continue
+        values, indices = top_values[row], top_indices[row]
+        if float(values.sum()) < top_ps[i]:
+            values, indices = torch.sort(probs[row], descending=True)
+        cumulative = torch.cumsum(values, dim=-1)
+        values = values.masked_fill(cumulative - values > top_ps[i], 0.0)  # smallest set reaching top_p
+        tokens[i] = int(indices[torch.multinomial(values, 1, generator=generators[i])])
+    return tokens
 
 
 def common_prefix_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
@@ -182,13 +201,13 @@ class TransformersBackend:
                 live, logits = self._rebuild(batch, requests, live, logits, [])
             if not live:
                 return
-            next_ids = []
-            for i, row in enumerate(live):
-                if row.finish is not None:
-                    next_ids.append(self.pad_id)
-                    continue
-                token = sample_token(logits[i], row.params.temperature, row.params.top_p, row.generator)
-                next_ids.append(token)
+            active = [i for i, row in enumerate(live) if row.finish is None]
+            drawn = sample_tokens(logits[torch.tensor(active, dtype=torch.long)], [live[i].params.temperature for i in active],
+                                  [live[i].params.top_p for i in active], [live[i].generator for i in active])
+            next_ids = [self.pad_id] * len(live)
+            for i, token in zip(active, drawn):
+                row = live[i]
+                next_ids[i] = token
                 self._append(row, token)
                 if row.finish is not None:
                     results[row.request][row.sample] = self._completion(row.generated, row.finish, row.params)
