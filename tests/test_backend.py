@@ -64,6 +64,41 @@ def test_prefix_reuse_saves_prefill(tiny_backend):
     assert computed == 22 + 22 + 22  # each prefix reuses the previous one up to the shared part
 
 
+def test_packed_prefill_matches_one_prompt_at_a_time(tiny_model_dir, tokenizer):
+    """Prompts prefilled in one forward pass (a cached donor, donors inside the pack, an unrelated
+    prompt) get the KV cache and next-token logits of prefilling them one by one."""
+    from pipeline.models import ModelRef, load_causal_lm
+
+    model = load_causal_lm(ModelRef(str(tiny_model_dir)))
+    base = list(range(300, 380))
+    prompts = [tuple(base[:cut] + [7, 8, 9]) for cut in (20, 35, 50, 80)] + [tuple(range(900, 930)), tuple(base[:35] + [7])]
+    one_by_one, packed = TransformersBackend(model, tokenizer), TransformersBackend(model, tokenizer)
+    for ids in prompts:
+        one_by_one._prefill(ids)
+    packed._prefill(prompts[0])
+    packed._prefill_pack(prompts)
+    assert packed.stats.prefill_passes == 2 and one_by_one.stats.prefill_passes == len(prompts)
+    assert packed.stats.prefill_tokens == one_by_one.stats.prefill_tokens  # the same reuse, fewer passes
+    for ids in prompts:
+        alone, together = one_by_one._prefix_cache[ids], packed._prefix_cache[ids]
+        assert together.length == len(ids)
+        torch.testing.assert_close(together.last_logits, alone.last_logits, rtol=1e-4, atol=1e-4)
+        for (k1, v1), (k2, v2) in zip(alone.kv, together.kv):
+            torch.testing.assert_close(k2, k1, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(v2, v1, rtol=1e-4, atol=1e-4)
+
+
+def test_packs_follow_the_prompts_not_the_batching():
+    """Packs group distinct prompts in request order by estimated new tokens and a prompt count."""
+    from pipeline.backends.transformers_backend import plan_packs
+
+    base = tuple(range(1000))
+    prefixes = [base[:cut] + (7,) for cut in range(100, 1000, 100)]  # 101 new tokens each: 3 fit in 350
+    packs = plan_packs(prefixes + prefixes[:2], budget=350, most=16)  # repeated prompts are prefilled once
+    assert [packs[p] for p in prefixes] == [prefixes[0:3]] * 3 + [prefixes[3:6]] * 3 + [prefixes[6:9]] * 3
+    assert [len(plan_packs(prefixes, budget=10**6, most=4)[p]) for p in prefixes] == [4] * 8 + [1]
+
+
 def test_prefix_cache_outlives_a_call_within_its_token_bound(tiny_model_dir, tokenizer):
     """A call that continues the previous call's prompt (budget forcing's answer after its
     continuation) prefills only the new tokens; past `prefix_cache_tokens` the oldest prompts go."""
@@ -185,3 +220,4 @@ def test_rows_leaving_and_joining_keep_cascade_attention_exact(tiny_model_dir, t
         for position, row in enumerate(alive):
             full = reference(input_ids=torch.tensor([list(prompts[row_prompts[row]]) + fed[row]])).logits[0, -1]
             assert torch.allclose(logits[position], full, atol=1e-4), row
+

@@ -55,6 +55,8 @@ class Completion:
 class GenerationStats:
     prompt_tokens: int = 0
     prefill_tokens: int = 0  # prompt tokens actually computed (less when a cache is reused)
+    prefill_passes: int = 0  # forward passes that computed them (packed prefill: several prompts per pass)
+    prefill_seconds: float = 0.0  # wall time of those passes (the rest of a call decodes)
     generated_tokens: int = 0
 
 
