@@ -221,3 +221,22 @@ def test_rows_leaving_and_joining_keep_cascade_attention_exact(tiny_model_dir, t
             full = reference(input_ids=torch.tensor([list(prompts[row_prompts[row]]) + fed[row]])).logits[0, -1]
             assert torch.allclose(logits[position], full, atol=1e-4), row
 
+
+def test_fused_cpu_attention_and_the_plain_ops_agree(monkeypatch):
+    """The cascade's two parts use PyTorch's fused CPU kernel where it exists; the plain-op path
+    (GPUs, other builds) gives the same output and log-sum-exp, left padding masked in both."""
+    from pipeline.backends import shared_prefix
+
+    torch.manual_seed(0)
+    query, keys, values = torch.randn(4, 3, 6, 16), torch.randn(4, 3, 20, 16), torch.randn(4, 3, 20, 16)
+    allowed = torch.ones(4, 20, dtype=torch.bool)
+    allowed[1, :7] = allowed[3, :19] = False  # left padding; one prompt of a single token
+    bias = shared_prefix._bias(allowed, torch.float32)
+    fused = shared_prefix._attend(query, keys, values, bias, 0.25)
+    monkeypatch.setattr(shared_prefix, "_FUSED_CPU", None)
+    plain = shared_prefix._attend(query, keys, values, bias, 0.25)
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    scores = (query @ keys.transpose(-1, -2)) * 0.25  # and both are softmax attention over the allowed keys
+    expected = torch.softmax(scores.masked_fill(~allowed[:, None, None, :], float("-inf")), dim=-1) @ values
+    torch.testing.assert_close(plain[0], expected, rtol=1e-5, atol=1e-5)

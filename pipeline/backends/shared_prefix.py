@@ -6,7 +6,8 @@ the model's arithmetic, is what decoding long prefixes costs. Here a decoding ba
 one left-padded KV prefix per distinct prompt and a small buffer per row for the tokens it
 generates; attention is computed over the two parts separately (the prefix part with the
 queries of all rows of that prompt stacked together) and merged exactly with their
-log-sum-exp weights (cascade attention). Prefill still uses PyTorch SDPA.
+log-sum-exp weights (cascade attention). On CPU each part is one call of PyTorch's fused
+attention kernel, which returns the log-sum-exp too. Prefill still uses PyTorch SDPA.
 
 Rows come and go (`SharedPrefixBatch.rebuild`): finished rows leave, waiting ones join with
 their own prompts, so a batch stays full instead of decoding until its longest row ends. Each
@@ -33,6 +34,11 @@ class _SharedKV:
     layer: "SharedPrefixLayer"
 
 
+# PyTorch's fused CPU attention that also returns the log-sum-exp (what the two parts are merged
+# with): one kernel instead of six small ops, each of which pays a thread-pool round trip on CPU.
+_FUSED_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
 @dataclass
 class _Rows:
     """What all layers of one decoding batch share: the row-to-prompt layout and each row's
@@ -42,6 +48,21 @@ class _Rows:
     rows_by_group: torch.Tensor  # [G, R] row index of each group member (padded with its first)
     row_slot: torch.Tensor  # [B] flat index of each row in the [G * R] grid
     lengths: torch.Tensor  # [B] own tokens written per row; the next one goes at this column
+    _masks: dict | None = None  # additive masks of the current step, built once for all layers
+
+    def masks(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(prefix bias [G, 1, 1, P], own bias [B, 1, 1, width], width): 0 where a row attends, -inf
+        elsewhere. Own columns go up to each row's length, the token this step writes included."""
+        if self._masks is None or self._masks["lengths"] is not self.lengths or self._masks["dtype"] != dtype:
+            width = int(self.lengths.max()) + 1
+            own = torch.arange(width, device=self.lengths.device)[None, :] <= self.lengths[:, None]
+            self._masks = {"lengths": self.lengths, "dtype": dtype, "width": width,
+                           "prefix": _bias(self.valid, dtype), "own": _bias(own, dtype)}
+        return self._masks["prefix"], self._masks["own"], self._masks["width"]
+
+
+def _bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))[:, None, None, :]
 
 
 class SharedPrefixLayer(DynamicLayer):
@@ -71,11 +92,13 @@ class SharedPrefixLayer(DynamicLayer):
         return self.prefix_keys.shape[2] + int(self.rows.lengths.max()) + 1
 
 
-def _attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | None, scale: float):
-    """Softmax attention returning (output, log-sum-exp) so partial results can be merged."""
-    scores = torch.matmul(query, keys.transpose(-1, -2)) * scale
-    if valid is not None:
-        scores = scores.masked_fill(~valid, float("-inf"))
+def _attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, scale: float):
+    """Softmax attention returning (output, log-sum-exp) so partial results can be merged; `bias`
+    is an additive mask (0 or -inf) broadcast over heads and queries."""
+    if _FUSED_CPU is not None and query.device.type == "cpu":
+        out, lse = _FUSED_CPU(query, keys, values, 0.0, False, attn_mask=bias, scale=scale)
+        return out, lse.unsqueeze(-1)
+    scores = torch.matmul(query, keys.transpose(-1, -2)) * scale + bias
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)
     return torch.matmul(torch.exp(scores - lse), values), lse
 
@@ -94,16 +117,14 @@ def shared_prefix_attention(module, query, key, value, attention_mask, dropout=0
     members = rows.rows_by_group.shape[1]
     stacked = by_row[rows.rows_by_group.reshape(-1)].view(groups, members, kv_heads, repeat, dim)
     stacked = stacked.permute(0, 2, 1, 3, 4).reshape(groups, kv_heads, members * repeat, dim)
-    prefix_out, prefix_lse = _attend(stacked, layer.prefix_keys, layer.prefix_values, rows.valid[:, None, None, :], scale)
+    prefix_bias, own_bias, width = rows.masks(query.dtype)
+    prefix_out, prefix_lse = _attend(stacked, layer.prefix_keys, layer.prefix_values, prefix_bias, scale)
     def per_row(t: torch.Tensor) -> torch.Tensor:
         t = t.view(groups, kv_heads, members, repeat, -1).permute(0, 2, 1, 3, 4).reshape(groups * members, kv_heads, repeat, -1)
         return t[rows.row_slot]
     prefix_out, prefix_lse = per_row(prefix_out), per_row(prefix_lse)
     # Own part: each row against the tokens it generated itself (columns up to its length).
-    width = int(rows.lengths.max()) + 1
-    own_valid = torch.arange(width, device=query.device)[None, :] <= rows.lengths[:, None]
-    own_out, own_lse = _attend(by_row, layer.own_keys[:, :, :width], layer.own_values[:, :, :width],
-                               own_valid[:, None, None, :], scale)
+    own_out, own_lse = _attend(by_row, layer.own_keys[:, :, :width], layer.own_values[:, :, :width], own_bias, scale)
     top = torch.maximum(prefix_lse, own_lse)
     w_prefix, w_own = torch.exp(prefix_lse - top), torch.exp(own_lse - top)
     out = (prefix_out * w_prefix + own_out * w_own) / (w_prefix + w_own)
