@@ -100,3 +100,15 @@ def tiny_backend(tiny_model_dir, tokenizer):
     from pipeline.models import ModelRef, load_causal_lm
 
     return TransformersBackend(load_causal_lm(ModelRef(str(tiny_model_dir))), tokenizer, batch_size=8)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first, the loop through DVC first of all: with `pytest -n 2` the longest test
+    starts at once on one worker while the other works through the rest, instead of starting
+    last and running alone."""
+    def rank(item) -> int:
+        if "test_end_to_end.py" in item.nodeid and item.get_closest_marker("slow"):
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)
