@@ -48,17 +48,19 @@ class _Rows:
     rows_by_group: torch.Tensor  # [G, R] row index of each group member (padded with its first)
     row_slot: torch.Tensor  # [B] flat index of each row in the [G * R] grid
     lengths: torch.Tensor  # [B] own tokens written per row; the next one goes at this column
-    _masks: dict | None = None  # additive masks of the current step, built once for all layers
+    _prefix_bias: torch.Tensor | None = None  # built once per batch layout, for all steps and layers
+    _own: tuple | None = None  # (lengths it was built for, bias, width): once per step, for all layers
 
     def masks(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(prefix bias [G, 1, 1, P], own bias [B, 1, 1, width], width): 0 where a row attends, -inf
         elsewhere. Own columns go up to each row's length, the token this step writes included."""
-        if self._masks is None or self._masks["lengths"] is not self.lengths or self._masks["dtype"] != dtype:
+        if self._prefix_bias is None or self._prefix_bias.dtype != dtype:
+            self._prefix_bias = _bias(self.valid, dtype)
+        if self._own is None or self._own[0] is not self.lengths or self._own[1].dtype != dtype:
             width = int(self.lengths.max()) + 1
             own = torch.arange(width, device=self.lengths.device)[None, :] <= self.lengths[:, None]
-            self._masks = {"lengths": self.lengths, "dtype": dtype, "width": width,
-                           "prefix": _bias(self.valid, dtype), "own": _bias(own, dtype)}
-        return self._masks["prefix"], self._masks["own"], self._masks["width"]
+            self._own = (self.lengths, _bias(own, dtype), width)
+        return self._prefix_bias, self._own[1], self._own[2]
 
 
 def _bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

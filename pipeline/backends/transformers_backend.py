@@ -258,6 +258,7 @@ class TransformersBackend:
         positions = torch.arange(reuse, len(ids), device=self.device).unsqueeze(0)
         out = self.model(input_ids=new, position_ids=positions, past_key_values=past, use_cache=True, logits_to_keep=1)
         kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        self.stats.prefill_passes += 1
         return self._remember(ids, _Prefilled(kv, out.logits[0, -1].float().cpu()), reuse)
 
     def _donor(self, ids: tuple[int, ...]) -> tuple[int, "_Prefilled | None"]:
@@ -272,7 +273,6 @@ class TransformersBackend:
     def _remember(self, ids: tuple[int, ...], entry: "_Prefilled", reused: int) -> "_Prefilled":
         self.stats.prompt_tokens += len(ids)
         self.stats.prefill_tokens += len(ids) - reused
-        self.stats.prefill_passes += 1
         self._prefix_cache[ids] = entry
         while len(self._prefix_cache) > 1 and (
             len(self._prefix_cache) > self._prefix_cache_entries
@@ -303,12 +303,12 @@ class TransformersBackend:
             past_key_values=past, use_cache=True,
             logits_to_keep=torch.tensor(layout.last_rows, device=self.device),
         )
+        self.stats.prefill_passes += 1
         layers = out.past_key_values.layers
         for i, ids in enumerate(todo):
             columns = torch.tensor(layout.columns[i], device=self.device)
             kv = [(layer.keys.index_select(2, columns), layer.values.index_select(2, columns)) for layer in layers]
             self._remember(ids, _Prefilled(kv, out.logits[0, i].float().cpu()), layout.reused[i])
-        self.stats.prefill_passes -= len(todo) - 1  # one forward pass for the pack
 
     def _refill_threshold(self) -> int:
         """Finished rows to gather before rebuilding the batch: rebuilding copies the cache, so it
