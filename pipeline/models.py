@@ -142,7 +142,11 @@ def staged_model_folder(out: Path) -> Iterator[Path]:
         if not any(staging.iterdir()):
             raise ModelNotFoundError(f"nothing was written for the model folder {out}")
         kind = "pointer" if (staging / REF_FILE).exists() else "weights"
-        (staging / MARK_FILE).write_text(json.dumps({"kind": kind, "hash": _files_hash(staging)}, indent=2) + "\n")
+        mark = {"kind": kind, "hash": _files_hash(staging)}
+        tokenizer = _tokenizer_record(staging)
+        if tokenizer:
+            mark["tokenizer"] = tokenizer
+        (staging / MARK_FILE).write_text(json.dumps(mark, indent=2) + "\n")
         _swap_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -235,11 +239,73 @@ def torch_dtype(name: str):
     return "auto" if name == "auto" else getattr(torch, name)
 
 
-def load_tokenizer(ref: ModelRef):
+# Tokenizer classes whose module imports without torch. AutoTokenizer's own module imports torch
+# (3-4 s on 2 CPU cores), which is most of what a stage that needs only the tokenizer (split,
+# select, export) spends; where a folder's mark records that AutoTokenizer resolves to one of these,
+# the stage loads that class directly.
+TORCH_FREE_TOKENIZERS = frozenset({
+    "transformers.tokenization_utils_tokenizers.TokenizersBackend",
+    "transformers.tokenization_utils_fast.PreTrainedTokenizerFast",
+})
+
+
+def _transformers_version() -> str:
+    from importlib.metadata import version
+
+    return version("transformers")
+
+
+def _tokenizer_record(staging: Path) -> dict | None:
+    """The class AutoTokenizer resolves for a model folder being written (weights, or a pointer to a
+    local folder), with the transformers version that resolved it; None where it cannot tell."""
+    ref = resolve(staging)
+    target = Path(ref.name_or_path)
+    if ref.revision or ref.trust_remote_code or not (target / "tokenizer_config.json").is_file():
+        return None  # a hub id, remote code or no tokenizer: stages keep AutoTokenizer
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
+        resolved = type(AutoTokenizer.from_pretrained(str(target)))
+    except (OSError, ValueError):
+        return None  # the stages' own AutoTokenizer call reports what is wrong
+    record = {"class": f"{resolved.__module__}.{resolved.__qualname__}", "transformers": _transformers_version()}
+    if target != staging:
+        record["target"] = _signature_hash(target)
+    return record
+
+
+def _signature_hash(path: Path) -> str:
+    return hashlib.sha256(json.dumps(_local_signature(path)).encode()).hexdigest()[:16]
+
+
+def recorded_tokenizer_class(folder: Path) -> str | None:
+    """The torch-free tokenizer class recorded in a model folder's mark, if it still holds: same
+    transformers version, and for a pointer the same target files (names, sizes, times)."""
+    record = completion_mark(folder).get("tokenizer") or {}
+    if record.get("class") not in TORCH_FREE_TOKENIZERS or record.get("transformers") != _transformers_version():
+        return None
+    if "target" in record and record["target"] != _signature_hash(Path(resolve(folder).name_or_path)):
+        return None
+    return record["class"]
+
+
+def load_folder_tokenizer(folder: Path, trust_remote_code: bool = False):
+    """The tokenizer of a model folder the pipeline wrote (refused unless marked complete): the class
+    its mark records when that needs no torch, else AutoTokenizer; the same tokenizer either way."""
+    ref = resolve_output(folder, trust_remote_code)
+    return load_tokenizer(ref, None if trust_remote_code else recorded_tokenizer_class(folder))
+
+
+def load_tokenizer(ref: ModelRef, tokenizer_class: str | None = None):
+    """AutoTokenizer on `ref`, or `tokenizer_class` (one of TORCH_FREE_TOKENIZERS) where the caller
+    knows AutoTokenizer resolves to it."""
+    if tokenizer_class in TORCH_FREE_TOKENIZERS:
+        module, name = tokenizer_class.rsplit(".", 1)
+        loader = getattr(importlib.import_module(module), name)
+    else:
+        from transformers import AutoTokenizer as loader
+    try:
+        tokenizer = loader.from_pretrained(
             ref.name_or_path, revision=ref.revision, trust_remote_code=ref.trust_remote_code
         )
     except OSError as error:

@@ -15,7 +15,7 @@ from pipeline.backends import make_backend
 from pipeline.config import Params
 from pipeline.grading import Grader
 from pipeline.io import ShardedWriter, chunked, read_table, stable_hash
-from pipeline.models import ModelRef, load_tokenizer, resolve_output
+from pipeline.models import ModelRef, load_folder_tokenizer, resolve_output
 from pipeline.paths import Layout
 from pipeline.tables import from_rows
 from pipeline.templates import PromptBuilder
@@ -41,6 +41,11 @@ def policy_ref(params: Params, round_index: int, arm: str | None = None) -> Mode
     return resolve_output(layout(params, arm).policy(round_index), params.model.trust_remote_code)
 
 
+def policy_tokenizer(params: Params, round_index: int, arm: str | None = None):
+    """This round's policy tokenizer (refused unless its folder is marked complete)."""
+    return load_folder_tokenizer(layout(params, arm).policy(round_index), params.model.trust_remote_code)
+
+
 def prompt_builder(params: Params, tokenizer) -> PromptBuilder:
     from pipeline.chat_templates import load_chat_template
 
@@ -51,13 +56,13 @@ def prompt_builder(params: Params, tokenizer) -> PromptBuilder:
 
 def policy_prompts(params: Params, round_index: int, arm: str | None = None) -> PromptBuilder:
     """Prompt builder on this round's policy tokenizer."""
-    return prompt_builder(params, load_tokenizer(policy_ref(params, round_index, arm)))
+    return prompt_builder(params, policy_tokenizer(params, round_index, arm))
 
 
 def open_policy(params: Params, round_index: int, arm: str | None = None):
     """(ref, prompts, backend) for the model that samples this round."""
     ref = policy_ref(params, round_index, arm)
-    prompts = prompt_builder(params, load_tokenizer(ref))
+    prompts = prompt_builder(params, policy_tokenizer(params, round_index, arm))
     return ref, prompts, make_backend(ref, params.backend, params.model, prompts.tokenizer)
 
 

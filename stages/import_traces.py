@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pipeline.config import ConfigError, Params
 from pipeline.io import ShardedWriter, write_json, write_table
-from pipeline.models import fingerprint, load_tokenizer
+from pipeline.models import fingerprint
 from pipeline.own_traces import file_signature, import_traces, summary, trace_rows
 from pipeline.tables import REJECTS, TRACES, from_rows
-from stages.common import (layout, open_grader, policy_ref, problems_hash, prompt_builder, rows, shards_note,
+from stages.common import (layout, open_grader, policy_tokenizer, problems_hash, prompt_builder, rows, shards_note,
                            write_missing_shards)
 
 
@@ -24,7 +24,7 @@ def run(params: Params) -> str:
     paths = layout(params)
     problems = rows(paths.problems_split("train"))
     policy = paths.policy(0)
-    prompts = prompt_builder(params, load_tokenizer(policy_ref(params, 0)))
+    prompts = prompt_builder(params, policy_tokenizer(params, 0))
     imported = import_traces(source, problems, prompts)
     counts = summary(imported, problems)
     rejects_file = paths.trace_rejects

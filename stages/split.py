@@ -5,16 +5,15 @@ from __future__ import annotations
 from pipeline.config import Params
 from pipeline.episodes import split_token_ids
 from pipeline.io import write_table
-from pipeline.models import load_tokenizer
 from pipeline.prover import thinking_ids
 from pipeline.tables import EPISODES, TRACES, from_rows
-from stages.common import layout, policy_ref, rows
+from stages.common import layout, policy_tokenizer, rows
 
 
 def run(params: Params, round_index: int, arm: str | None = None) -> str:
     paths = layout(params, arm)
     traces = rows(paths.traces(round_index), TRACES)
-    tokenizer = load_tokenizer(policy_ref(params, round_index, arm))
+    tokenizer = policy_tokenizer(params, round_index, arm)
     out = []
     for trace in traces:
         episodes, rule = split_token_ids(tokenizer, thinking_ids(trace), params.episodes)
