@@ -348,6 +348,9 @@ class Params(Section):
     data_dir: str = "data"
     metrics_dir: str = "metrics"
     arms: list[ArmName] = Field(default_factory=lambda: ["mrt", "star"])  # compared from the same base samples
+    # Arms whose own rounds (r >= 1) the meta-prover scores; round 0 is scored once for all arms. MRT
+    # selects by J, so it must be listed; STaR selects by correctness, where scores are metrics only.
+    scored_arms: list[ArmName] = Field(default_factory=lambda: ["mrt"])
     model: ModelConfig = Field(default_factory=ModelConfig)
     problems: ProblemsConfig = Field(default_factory=ProblemsConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
@@ -366,6 +369,16 @@ class Params(Section):
         if not value or len(set(value)) != len(value):
             raise ValueError("arms must be a non-empty list without repeats, e.g. [mrt, star]")
         return value
+
+    @model_validator(mode="after")
+    def _mrt_is_scored(self) -> "Params":
+        if "mrt" in self.arms and "mrt" not in self.scored_arms:
+            raise ValueError(f"scored_arms must list mrt (its selection reads the meta-prover's J), got {self.scored_arms}")
+        return self
+
+    def is_scored(self, arm: str, round_index: int) -> bool:
+        """Whether the meta-prover scores this arm's samples of this round (round 0: always)."""
+        return round_index == 0 or arm in self.scored_arms
 
     def check_arm(self, arm: str) -> str:
         """The arm a command runs for; an arm the parameters do not list is an error naming `arms`."""

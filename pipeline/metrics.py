@@ -53,7 +53,7 @@ def round_metrics(
         "mean_regret_by_budget": {b: _mean(v) for b, v in sorted(budgets.items(), key=lambda kv: int(kv[0]))},
         "traces_kept": len(selected),
         "mean_kept_completion_tokens": _mean([len(s["completion_ids"]) for s in selected]),
-        "best_prefix_zero": sum(r["best_prefix"] == 0 for r in regrets),
+        "best_prefix_zero": sum(r["best_prefix"] == 0 for r in regrets) if regrets else None,  # None: not scored
         "empty_thinking_targets": sum(not target_thinking(s["completion"]).strip() for s in selected),
         "selection_drops": dict(sorted((drops or Counter()).items())),
         "prover_answers_length_cut_rate": (

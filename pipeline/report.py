@@ -78,8 +78,10 @@ def _round_rows(arms_dir: Path) -> list[list]:
             m = _load(arms_dir / arm / "rounds" / str(r) / "metrics.json")
             t = _load(arms_dir / arm / "rounds" / str(r) / "train.json") or {}
             if m:
+                unscored = "not scored" if m.get("scored") is False else None  # scored_arms: no prover, no regret
                 rows.append([arm, r, m.get("traces_sampled"), m.get("accuracy"), m.get("closed_thinking_rate"),
-                             m.get("mean_tokens"), m.get("mean_regret"), m.get("mean_progress"), m.get("traces_kept"),
+                             m.get("mean_tokens"), unscored or m.get("mean_regret"), unscored or m.get("mean_progress"),
+                             m.get("traces_kept"),
                              m.get("mean_kept_completion_tokens"), t.get("train_loss")])
     return rows
 

@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 from tqdm.auto import tqdm
 
 from pipeline.backends import make_backend
-from pipeline.config import Params
+from pipeline.config import ConfigError, Params
 from pipeline.grading import Grader
 from pipeline.io import ShardedWriter, chunked, read_table, stable_hash
 from pipeline.models import ModelRef, load_folder_tokenizer, resolve_output
@@ -24,6 +24,16 @@ from pipeline.templates import PromptBuilder
 def layout(params: Params, arm: str | None = None) -> Layout:
     """Paths for `arm` (default: the first listed arm; round 0's samples are shared by all)."""
     return Layout(Path(params.data_dir), Path(params.metrics_dir), params.check_arm(arm or params.arms[0]))
+
+
+def require_scored(params: Params, round_index: int, arm: str | None = None) -> None:
+    """Refuse to run the meta-prover (or read its scores) for a round `scored_arms` leaves unscored."""
+    name = params.check_arm(arm or params.arms[0])
+    if not params.is_scored(name, round_index):
+        raise ConfigError(
+            f"round {round_index} of arm {name} is not scored: scored_arms is {params.scored_arms}; to run the "
+            f"meta-prover on it, add {name} to scored_arms and its prove/score items to dvc.yaml (`scored`)"
+        )
 
 
 def rows(path: Path, schema=None) -> list[dict]:

@@ -1,5 +1,6 @@
 """Stage `export`: the selected targets, and the dense progress of every scored trace, as Parquet for
-any trainer (see `pipeline.export` and `pipeline.dense_progress`)."""
+any trainer (see `pipeline.export` and `pipeline.dense_progress`). A round `scored_arms` leaves
+unscored has no progress, so only the SFT tables are written."""
 
 from __future__ import annotations
 
@@ -18,15 +19,21 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
     problems = {p["problem_id"]: p for p in rows(paths.problems_split("train"))}
     wanted = set(selected.column("problem_id").to_pylist()) & problems.keys()
     messages = {pid: prompts.messages(problems[pid]["problem"]) for pid in wanted}
-    scored = scored_traces(rows(paths.traces(round_index), TRACES), rows(paths.episodes(round_index), EPISODES),
-                           rows(paths.progress(round_index), PROGRESS), prompts.tokenizer)
-    chosen = set(selected.column("trace_id").to_pylist())
     out = paths.exports(round_index)
-    write_table_set({  # one set: a kill between files leaves files that readers refuse, not a mix
+    tables = {  # one set: a kill between files leaves files that readers refuse, not a mix
         out / TOKENIZED: tokenized_table(selected, problems),
         out / PROMPT_COMPLETION: prompt_completion_table(selected, problems, prompts.tokenizer),
         out / MESSAGES: messages_table(selected, problems, messages, prompts.tokenizer, prompts.template_args),
-        out / STEPWISE: stepwise_table(scored, chosen, prompts.tokenizer),
-        out / REWARDS: rewards_table(scored, chosen),
-    })
+    }
+    if not params.is_scored(paths.arm, round_index):  # no progress to export: say so, leave no older files
+        for name in (STEPWISE, REWARDS):
+            (out / name).unlink(missing_ok=True)
+        write_table_set(tables)
+        return (f"round {round_index}: exported {selected.num_rows} SFT examples to {out} (not scored: scored_arms, "
+                "so no progress tables)")
+    scored = scored_traces(rows(paths.traces(round_index), TRACES), rows(paths.episodes(round_index), EPISODES),
+                           rows(paths.progress(round_index), PROGRESS), prompts.tokenizer)
+    chosen = set(selected.column("trace_id").to_pylist())
+    write_table_set({**tables, out / STEPWISE: stepwise_table(scored, chosen, prompts.tokenizer),
+                     out / REWARDS: rewards_table(scored, chosen)})
     return f"round {round_index}: exported {selected.num_rows} SFT examples and the progress of {len(scored)} traces to {out}"

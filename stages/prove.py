@@ -13,7 +13,7 @@ from pipeline.io import ShardedWriter, read_table, write_json
 from pipeline.models import fingerprint
 from pipeline.prover import prove_traces
 from pipeline.tables import EPISODES, PROVER, TRACES, from_rows
-from stages.common import layout, open_grader, open_policy, progress, rows
+from stages.common import layout, open_grader, open_policy, progress, require_scored, rows
 
 
 def _inputs_hash(traces: pa.Table, episode_ends: dict[str, list[int]]) -> str:
@@ -26,6 +26,7 @@ def _inputs_hash(traces: pa.Table, episode_ends: dict[str, list[int]]) -> str:
 
 
 def run(params: Params, round_index: int, arm: str | None = None) -> str:
+    require_scored(params, round_index, arm)
     paths = layout(params, arm)
     traces = read_table(paths.traces(round_index), TRACES)  # Arrow; shards become Python rows one at a time
     episode_ends: dict[str, list[int]] = defaultdict(list)

@@ -8,10 +8,11 @@ from pipeline.config import Params
 from pipeline.io import write_table_set
 from pipeline.regret import episode_progress, trace_regret
 from pipeline.tables import PROGRESS, PROVER, REGRET, from_rows
-from stages.common import layout, rows
+from stages.common import layout, require_scored, rows
 
 
 def run(params: Params, round_index: int, arm: str | None = None) -> str:
+    require_scored(params, round_index, arm)
     paths = layout(params, arm)
     by_trace: dict[str, list[dict]] = defaultdict(list)
     for row in rows(paths.prover(round_index), PROVER):

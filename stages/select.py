@@ -1,4 +1,8 @@
-"""Stage `select`: an arm's SFT targets (MRT-STaR or STaR), round metrics and plot data."""
+"""Stage `select`: an arm's SFT targets (MRT-STaR or STaR), round metrics and plot data.
+
+A round that `scored_arms` leaves unscored (STaR, r >= 1) is selected by correctness alone: its
+metrics carry `scored: false` and no regret or progress, and it has no J-by-prefix plot.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,9 @@ from stages.common import layout, policy_prompts, rows
 def run(params: Params, round_index: int, arm: str | None = None) -> str:
     paths = layout(params, arm)
     traces = rows(paths.traces(round_index), TRACES)
-    prover_rows = rows(paths.prover(round_index), PROVER)
-    regret_rows = rows(paths.regret(round_index), REGRET)
+    scored = params.is_scored(paths.arm, round_index)  # else STaR by correctness alone, without scores
+    prover_rows = rows(paths.prover(round_index), PROVER) if scored else []
+    regret_rows = rows(paths.regret(round_index), REGRET) if scored else []
     regrets = {r["trace_id"]: r for r in regret_rows}
     problems = {p["problem_id"]: p for p in rows(paths.problems_split("train"))}
     prompts = policy_prompts(params, round_index, arm)
@@ -27,8 +32,13 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
     else:
         selected = select_star(traces, regrets, problems, prompts, params.select, drops)
     write_table(from_rows(selected, SELECTED), paths.selected(round_index))
-    progress_rows = rows(paths.progress(round_index), PROGRESS)
+    progress_rows = rows(paths.progress(round_index), PROGRESS) if scored else []
     metrics = round_metrics(traces, progress_rows, regret_rows, selected, method, drops, prover_rows)
-    write_json({"round": round_index, "arm": paths.arm, **metrics}, paths.metrics(round_index))
-    write_json(j_by_prefix(prover_rows), paths.plots(round_index) / "j_by_prefix.json")
-    return f"{paths.arm} round {round_index}: kept {len(selected)} of {len(traces)} traces"
+    write_json({"round": round_index, "arm": paths.arm, "scored": scored, **metrics}, paths.metrics(round_index))
+    plot = paths.plots(round_index) / "j_by_prefix.json"
+    if scored:
+        write_json(j_by_prefix(prover_rows), plot)
+    else:
+        plot.unlink(missing_ok=True)  # an earlier scored run's plot is not this round's
+    note = "" if scored else " (not scored: scored_arms)"
+    return f"{paths.arm} round {round_index}: kept {len(selected)} of {len(traces)} traces{note}"

@@ -53,3 +53,27 @@ def test_every_recipe_validates():
     assert recipes
     for recipe in recipes:
         load_params(recipe)
+
+
+def test_scored_arms_decide_which_rounds_the_prover_scores(tmp_path):
+    params = load_params(REPO / "params.yaml")
+    assert params.scored_arms == ["mrt"]
+    assert params.is_scored("star", 0) and params.is_scored("mrt", 1) and not params.is_scored("star", 1)
+    assert load_params(tmp_path / "none.yaml", ["scored_arms=[mrt, star]"]).is_scored("star", 2)
+    with pytest.raises(ConfigError, match="scored_arms must list mrt"):  # MRT's selection reads J
+        load_params(tmp_path / "none.yaml", ["scored_arms=[star]"])
+    assert load_params(tmp_path / "none.yaml", ["arms=[star]", "scored_arms=[]"]).arms == ["star"]
+
+
+@pytest.mark.parametrize("command", ["prove", "score"])
+def test_the_prover_refuses_a_round_scored_arms_leaves_unscored(tmp_path, command):
+    """`mrt prove -r 1 --arm star` under the defaults: a clear refusal naming the key, before any file is read."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    done = subprocess.run(["mrt", command, "-r", "1", "--arm", "star", "--params", str(REPO / "params.yaml")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "round 1 of arm star is not scored" in done.stderr and "scored_arms" in done.stderr

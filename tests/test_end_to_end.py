@@ -53,6 +53,9 @@ def test_two_rounds_two_arms_with_dvc(tmp_path, tiny_model_dir):
     log = run(["dvc", "repro"], tmp_path)
     assert "Running stage 'train@mrt-1'" in log and "Running stage 'train@star-1'" in log
     assert log.count("Running stage 'sample@") == 3  # round 0 once for both arms, round 1 per arm
+    # scored_arms: [mrt]: the prover scores round 0 and MRT's round 1; STaR's round 1 selects by correctness.
+    assert log.count("Running stage 'prove@") == 2 and "Running stage 'prove@star-1'" not in log
+    assert "Running stage 'select_unscored@star-1'" in log and "Running stage 'export_unscored@star-1'" in log
 
     data, reports = tmp_path / "data", tmp_path / "metrics"
     base_traces = pq.read_table(data / "rounds" / "0" / "traces").to_pylist()
@@ -71,9 +74,18 @@ def test_two_rounds_two_arms_with_dvc(tmp_path, tiny_model_dir):
             assert metrics["traces_sampled"] == 12
             # The tiny model answers after a forced stop more often than within 24 tokens: MRT keeps some.
             assert metrics["traces_kept"] >= (1 if (arm, round_index) == ("mrt", 0) else 0)
-            prover = pq.read_table(samples / "prover").to_pylist()
-            assert {p["trace_id"] for p in prover} == {t["trace_id"] for t in traces}
-            assert {p["n_samples"] for p in prover} == {2}  # prover.k
+            scored = (arm, round_index) != ("star", 1)
+            assert metrics["scored"] is scored
+            plot = reports / "arms" / arm / "rounds" / str(round_index) / "plots" / "j_by_prefix.json"
+            assert plot.exists() is scored
+            if scored:
+                prover = pq.read_table(samples / "prover").to_pylist()
+                assert {p["trace_id"] for p in prover} == {t["trace_id"] for t in traces}
+                assert {p["n_samples"] for p in prover} == {2}  # prover.k
+                assert metrics["mean_regret"] is not None
+            else:  # no prover ran: no scores, and none made up
+                assert not (samples / "prover").exists() and not (samples / "regret.parquet").exists()
+                assert metrics["mean_regret"] is None and metrics["mean_progress"] is None
             selected = pq.read_table(arm_dir / "selected.parquet").to_pylist()
             assert {s["method"] for s in selected} <= {arm}
             for target in selected:  # one thinking block, then a non-empty answer (issue 13.2)
@@ -86,6 +98,8 @@ def test_two_rounds_two_arms_with_dvc(tmp_path, tiny_model_dir):
             assert {"prompt", "completion", "trace_id", "regret"} <= set(export.column_names)
             tokenized = pq.read_table(arm_dir / "export" / "sft_tokenized.parquet")
             assert {"input_ids", "completion_mask", "problem", "answer"} <= set(tokenized.column_names)
+            progress_tables = {"progress_steps.parquet", "progress_rewards.parquet"}
+            assert (progress_tables <= {p.name for p in (arm_dir / "export").iterdir()}) is scored
             train = json.loads((reports / "arms" / arm / "rounds" / str(round_index) / "train.json").read_text())
             assert train["trained"] == bool(selected)
             if selected:  # over-length targets are dropped and counted, never sliced (issue 13.5)
@@ -117,6 +131,7 @@ def test_two_rounds_two_arms_with_dvc(tmp_path, tiny_model_dir):
         assert {r["n_samples"] for r in pq.read_table(data / "eval" / policy / "prover").to_pylist()} == {1}
     report = (reports / "report" / "report.md").read_text()
     assert "| star after 2 rounds |" in report and "| mrt | 1 |" in report
+    assert "| not scored | not scored |" in report.split("| star | 1 |")[1].splitlines()[0]
     for png in ("accuracy_vs_tokens.png", "extrapolation.png"):
         assert (reports / "report" / png).stat().st_size > 0
     plots = run(["dvc", "plots", "show", "--json"], tmp_path)
@@ -141,6 +156,21 @@ def test_dvc_items_match_the_arms_parameter():
         assert step["policy"] == expected
         if step["round"] > 0:
             assert items["samples"][name]["dir"] == step["samples"] and items["samples"][name]["policy"] == expected
+
+
+def test_dvc_scored_items_match_scored_arms():
+    """The prover runs on round 0 and on the rounds of `scored_arms`; the others select by correctness."""
+    from pipeline.config import load_params
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["vars"]
+    items = {name: spec for entry in stages for name, spec in entry.items()}
+    params = load_params(REPO / "params.yaml")
+    assert items["scored"] == {name: spec for name, spec in items["samples"].items()
+                               if params.is_scored(spec["arm"], spec["round"])}
+    assert {**items["scored_steps"], **items["unscored_steps"]} == items["steps"]
+    assert not items["scored_steps"].keys() & items["unscored_steps"].keys()
+    for name, step in items["steps"].items():
+        assert (name in items["scored_steps"]) is params.is_scored(step["arm"], step["round"])
 
 
 def test_cli_reports_bad_parameters_by_key(tmp_path):
