@@ -14,7 +14,7 @@ from pipeline.config import ArmName, ConfigError, Params, load_params
 from pipeline.io import ConcurrentRunError, ShardPart, set_shard_part
 from pipeline.launch import LaunchError
 from pipeline.models import ModelNotFoundError
-from pipeline.problems import ProblemSourceError
+from pipeline.problem_files import ProblemSourceError
 
 app = typer.Typer(
     help="MRT-STaR: sample reasoning traces, score their episodes with the meta-prover, "

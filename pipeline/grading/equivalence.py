@@ -14,10 +14,8 @@ import logging
 import math
 import re
 from decimal import Decimal
-from functools import lru_cache
-
-from math_verify import LatexExtractionConfig, parse, verify
-from sympy import And, FiniteSet, GreaterThan, LessThan, Or, Set, StrictGreaterThan, StrictLessThan
+from functools import cache, lru_cache
+from types import SimpleNamespace
 
 from pipeline.grading.extraction import DEFAULT_FALLBACKS, has_box, is_prose, read_answer, read_gold
 from pipeline.grading.normalize import readings
@@ -25,7 +23,6 @@ from pipeline.grading.normalize import readings
 CORRECT, INCORRECT, UNPARSED = "correct", "incorrect", "unparsed"
 MAX_ANSWER_CHARS = 2000
 MAX_GOLD_CHARS = 20_000  # a worked solution is read at its answer, not parsed whole
-_LATEX = [LatexExtractionConfig(boxed_match_priority=0)]
 _BIG_EXPONENT = re.compile(r"\^\s*\{?\s*\(?\s*\d{5,}")
 _NUMBER_TOWER = re.compile(r"\^\s*\{?\s*(\d{1,6})\s*\^\s*\{?\s*(\d{1,6})")
 MAX_NESTING, MAX_OPENERS_IN_A_ROW = 20, 10
@@ -34,6 +31,20 @@ _PLAIN_DECIMAL = re.compile(r"[+-]?\d{1,40}(?:\.\d{1,40})?")
 _DELIMITER = re.compile(r"(?<!\\)\$|\\[()\[\]]")
 # Time limits are enforced by the worker pool, so math-verify's "timeout disabled" notice is noise.
 logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+
+@cache
+def _math() -> SimpleNamespace:
+    """math-verify and the sympy classes compared here, imported on first use: about 0.8 s that a stage
+    which grades nothing (split, score, select, export, train) need not pay. Grading workers pay it
+    in their warm-up, before they report ready, so it never counts against an answer's time limit."""
+    from math_verify import LatexExtractionConfig, parse, verify
+    from sympy import And, FiniteSet, GreaterThan, LessThan, Or, Set, StrictGreaterThan, StrictLessThan
+
+    return SimpleNamespace(
+        parse=parse, verify=verify, latex=[LatexExtractionConfig(boxed_match_priority=0)], And=And, Or=Or,
+        FiniteSet=FiniteSet, Set=Set, inequalities=(StrictLessThan, LessThan, StrictGreaterThan, GreaterThan),
+    )
 
 
 def prepare(text: str, gold: bool = False) -> str:
@@ -60,7 +71,7 @@ def parse_math(text: str) -> tuple:
         return ()
     parsed_readings = []
     for reading in readings(text):
-        parsed = parse(f"${reading}$", extraction_config=_LATEX, parsing_timeout=None, raise_on_error=False)
+        parsed = _math().parse(f"${reading}$", extraction_config=_math().latex, parsing_timeout=None, raise_on_error=False)
         # math-verify falls back to the raw string when it finds no math: that is not a parse.
         if parsed and not isinstance(parsed[0], str):
             parsed_readings.append(tuple(parsed))
@@ -78,14 +89,12 @@ def parse_gold(answer: str) -> tuple:
     return parse_math(prepare(answer, gold=True))
 
 
-_INEQUALITIES = (StrictLessThan, LessThan, StrictGreaterThan, GreaterThan)
-
-
 def _is_condition(expr) -> bool:
     """An inequality, or inequalities joined by and / or (equations are math-verify's to compare)."""
-    if isinstance(expr, _INEQUALITIES):
+    m = _math()
+    if isinstance(expr, m.inequalities):
         return True
-    return isinstance(expr, (And, Or)) and all(_is_condition(arg) for arg in expr.args)
+    return isinstance(expr, (m.And, m.Or)) and all(_is_condition(arg) for arg in expr.args)
 
 
 def _nesting_depth(answer: str) -> int:
@@ -126,12 +135,13 @@ def plain_numbers_verdict(gold: str, predicted: str) -> tuple[str, None] | None:
     return (CORRECT, None) if Decimal(gold) == Decimal(predicted) else (INCORRECT, None)
 
 
-def _as_set(expr) -> Set | None:
+def _as_set(expr):
     """Inequalities in one variable as the set they describe (`x < 3` -> (-oo, 3)), else None.
 
-    `x < -1 \\text{ or } x > 2` parses as a set of inequalities: their union."""
-    if isinstance(expr, FiniteSet) and expr.args and all(_is_condition(arg) for arg in expr.args):
-        expr = Or(*expr.args)
+    `x < -1 \\text{ or } x > 2` parses as a set of inequalities: their union (a sympy Set)."""
+    m = _math()
+    if isinstance(expr, m.FiniteSet) and expr.args and all(_is_condition(arg) for arg in expr.args):
+        expr = m.Or(*expr.args)
     if not _is_condition(expr) or len(expr.free_symbols) != 1:
         return None
     try:
@@ -142,9 +152,10 @@ def _as_set(expr) -> Set | None:
 
 def _same_set(gold: tuple, predicted: tuple) -> bool:
     """Inequality vs interval, both ways: compare the sets that conditions in one variable describe."""
-    gold_set = gold[0] if isinstance(gold[0], Set) and not isinstance(gold[0], FiniteSet) else _as_set(gold[0])
+    m = _math()
+    gold_set = gold[0] if isinstance(gold[0], m.Set) and not isinstance(gold[0], m.FiniteSet) else _as_set(gold[0])
     predicted_set = (
-        predicted[0] if isinstance(predicted[0], Set) and not isinstance(predicted[0], FiniteSet) else _as_set(predicted[0])
+        predicted[0] if isinstance(predicted[0], m.Set) and not isinstance(predicted[0], m.FiniteSet) else _as_set(predicted[0])
     )
     if gold_set is None or predicted_set is None:
         return False
@@ -153,7 +164,7 @@ def _same_set(gold: tuple, predicted: tuple) -> bool:
         return False  # two plain intervals: math-verify has compared them already
     if gold_condition and predicted_condition and gold[0].free_symbols != predicted[0].free_symbols:
         return False  # x < 3 is not y < 3
-    return verify([gold_set], [predicted_set], timeout_seconds=None, raise_on_error=False)
+    return m.verify([gold_set], [predicted_set], timeout_seconds=None, raise_on_error=False)
 
 
 def judge(gold: str, predicted: str) -> tuple[str, str | None]:
@@ -176,7 +187,7 @@ def judge(gold: str, predicted: str) -> tuple[str, str | None]:
         gold_parsed, predicted_parsed = gold_parsed[:1], predicted_parsed[:1]
     for gold_reading in gold_parsed:
         for predicted_reading in predicted_parsed:
-            if verify(
+            if _math().verify(
                 list(gold_reading), list(predicted_reading), allow_set_relation_comp=True, timeout_seconds=None,
                 raise_on_error=False,
             ):
