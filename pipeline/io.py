@@ -201,6 +201,12 @@ def write_json(payload: Any, path: str | Path) -> None:
     _atomic_replace(write, Path(path))
 
 
+def remove_output(path: str | Path) -> None:
+    """Remove a file an earlier run wrote that this run does not (an unscored round's progress tables
+    or J plot), so no stale output stands beside the new ones; absent is fine."""
+    Path(path).unlink(missing_ok=True)
+
+
 def _table_digest(table: pa.Table) -> str:
     """Content hash of a table (its Arrow IPC stream): deterministic, so identical reruns match."""
     sink = pa.BufferOutputStream()

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pipeline.config import Params
 from pipeline.dense_progress import REWARDS, STEPWISE, rewards_table, scored_traces, stepwise_table
 from pipeline.export import MESSAGES, PROMPT_COMPLETION, TOKENIZED, messages_table, prompt_completion_table, tokenized_table
-from pipeline.io import read_table, write_table_set
+from pipeline.io import read_table, remove_output, write_table_set
 from pipeline.tables import EPISODES, PROGRESS, SELECTED, TRACES
 from stages.common import layout, policy_prompts, rows
 
@@ -27,7 +27,7 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
     }
     if not params.is_scored(paths.arm, round_index):  # no progress to export: say so, leave no older files
         for name in (STEPWISE, REWARDS):
-            (out / name).unlink(missing_ok=True)
+            remove_output(out / name)
         write_table_set(tables)
         return (f"round {round_index}: exported {selected.num_rows} SFT examples to {out} (not scored: scored_arms, "
                 "so no progress tables)")

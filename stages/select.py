@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 
 from pipeline.config import Params
-from pipeline.io import write_json, write_table
+from pipeline.io import remove_output, write_json, write_table
 from pipeline.metrics import j_by_prefix, round_metrics
 from pipeline.selection import select_mrt, select_star
 from pipeline.tables import PROGRESS, PROVER, REGRET, SELECTED, TRACES, from_rows
@@ -39,6 +39,6 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
     if scored:
         write_json(j_by_prefix(prover_rows), plot)
     else:
-        plot.unlink(missing_ok=True)  # an earlier scored run's plot is not this round's
+        remove_output(plot)  # an earlier scored run's plot is not this round's
     note = "" if scored else " (not scored: scored_arms)"
     return f"{paths.arm} round {round_index}: kept {len(selected)} of {len(traces)} traces{note}"

@@ -298,7 +298,8 @@ def test_stages_use_the_configured_roots(tmp_path):
 
 
 # Calls that write, and the position of their destination argument.
-SINKS = {"write_table": 1, "write_json": 1, "ShardedWriter": 0, "train_sft": 2, "write_pointer": 1, "prepare_base_model": 1, "write_report": 1}
+SINKS = {"write_table": 1, "write_json": 1, "ShardedWriter": 0, "train_sft": 2, "write_pointer": 1, "prepare_base_model": 1,
+         "write_report": 1, "remove_output": 0}
 DIRECT_WRITES = {"write_text", "write_bytes", "mkdir", "touch", "rmtree", "unlink", "rename", "copytree", "copyfile"}
 
 
