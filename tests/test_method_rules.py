@@ -310,3 +310,50 @@ def test_window_fallback_episodes_end_at_sentence_ends_with_real_tokens(tokenize
     pieces = [decode(tokenizer, ids[e.token_start : e.token_end]) for e in episodes]
     assert "".join(pieces) == text
     assert pieces == ["We need the sum.", " First add the ones.", " Then the tens are added too.", " So we get the total now."]
+
+
+def test_an_unscored_round_selects_by_correctness_and_leaves_no_stale_scores(tmp_path, tiny_model_dir, trace_of):
+    """STaR's round 1 under `scored_arms: [mrt]`: select and export run without prover tables, write
+    no scores (none made up), remove an earlier scored run's progress tables and J plot, and the
+    prover stages refuse the round."""
+    import json
+
+    from pipeline.config import ConfigError, ModelConfig, Params
+    from pipeline.dense_progress import REWARDS, STEPWISE
+    from pipeline.io import ShardedWriter, read_table, write_json, write_table
+    from pipeline.models import prepare_base_model
+    from pipeline.tables import PROBLEMS, TRACES, from_rows
+    from stages import export, prove, score, select
+    from stages.common import layout
+
+    params = Params(data_dir=str(tmp_path / "data"), metrics_dir=str(tmp_path / "metrics"))
+    paths = layout(params, "star")
+    prepare_base_model(ModelConfig(name_or_path=str(tiny_model_dir)), paths.policy(1))
+    write_table(from_rows([{"problem_id": "p1", "source": "test", "split": "train", "problem": "Calculate 1 + 1.",
+                            "answer": "2", "source_index": 0, "provenance": "{}"}], PROBLEMS), paths.problems_split("train"))
+    rows = [dict(trace_of(THINKING + "</think>" + ANSWER), round=1),
+            dict(trace_of(THINKING + "</think>\n\n\\boxed{3}", trace_id="p1-r1-s1", index=1), round=1)]
+    assert [r["correct"] for r in rows] == [True, False]
+    writer = ShardedWriter(paths.traces(1), {"test": 1})
+    writer.write(0, from_rows(rows, TRACES))
+    writer.complete(1)
+    # What an earlier run with STaR scored left behind.
+    write_table(from_rows([], TRACES), paths.exports(1) / STEPWISE)
+    write_table(from_rows([], TRACES), paths.exports(1) / REWARDS)
+    write_json([{"prefix_index": 0, "mean_j": 0.5, "traces": 2}], paths.plots(1) / "j_by_prefix.json")
+
+    assert "not scored" in select.run(params, 1, "star")
+    metrics = json.loads(paths.metrics(1).read_text())
+    assert metrics["scored"] is False and metrics["traces_kept"] == 1
+    assert all(metrics[key] is None for key in ("mean_regret", "mean_progress", "mean_j_best", "best_prefix_zero"))
+    assert not (paths.plots(1) / "j_by_prefix.json").exists()
+    selected = read_table(paths.selected(1)).to_pylist()
+    assert [s["trace_id"] for s in selected] == [rows[0]["trace_id"]]
+    assert selected[0]["regret"] is None and selected[0]["j_best"] is None  # no score made up
+
+    assert "no progress tables" in export.run(params, 1, "star")
+    assert sorted(p.name for p in paths.exports(1).iterdir()) == ["messages.parquet", "prompt_completion.parquet",
+                                                                 "sft_tokenized.parquet"]
+    for stage in (prove, score):
+        with pytest.raises(ConfigError, match="round 1 of arm star is not scored"):
+            stage.run(params, 1, "star")
