@@ -25,15 +25,15 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
         out / PROMPT_COMPLETION: prompt_completion_table(selected, problems, prompts.tokenizer),
         out / MESSAGES: messages_table(selected, problems, messages, prompts.tokenizer, prompts.template_args),
     }
-    if not params.is_scored(paths.arm, round_index):  # no progress to export: say so, leave no older files
+    if params.is_scored(paths.arm, round_index):
+        scored = scored_traces(rows(paths.traces(round_index), TRACES), rows(paths.episodes(round_index), EPISODES),
+                               rows(paths.progress(round_index), PROGRESS), prompts.tokenizer)
+        chosen = set(selected.column("trace_id").to_pylist())
+        tables |= {out / STEPWISE: stepwise_table(scored, chosen, prompts.tokenizer), out / REWARDS: rewards_table(scored, chosen)}
+        done = f"exported {selected.num_rows} SFT examples and the progress of {len(scored)} traces to {out}"
+    else:  # no progress to export: say so, and leave no older progress tables beside the new ones
         for name in (STEPWISE, REWARDS):
             remove_output(out / name)
-        write_table_set(tables)
-        return (f"round {round_index}: exported {selected.num_rows} SFT examples to {out} (not scored: scored_arms, "
-                "so no progress tables)")
-    scored = scored_traces(rows(paths.traces(round_index), TRACES), rows(paths.episodes(round_index), EPISODES),
-                           rows(paths.progress(round_index), PROGRESS), prompts.tokenizer)
-    chosen = set(selected.column("trace_id").to_pylist())
-    write_table_set({**tables, out / STEPWISE: stepwise_table(scored, chosen, prompts.tokenizer),
-                     out / REWARDS: rewards_table(scored, chosen)})
-    return f"round {round_index}: exported {selected.num_rows} SFT examples and the progress of {len(scored)} traces to {out}"
+        done = f"exported {selected.num_rows} SFT examples to {out} (not scored: scored_arms, so no progress tables)"
+    write_table_set(tables)
+    return f"round {round_index}: {done}"

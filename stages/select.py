@@ -20,8 +20,10 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
     paths = layout(params, arm)
     traces = rows(paths.traces(round_index), TRACES)
     scored = params.is_scored(paths.arm, round_index)  # else STaR by correctness alone, without scores
-    prover_rows = rows(paths.prover(round_index), PROVER) if scored else []
-    regret_rows = rows(paths.regret(round_index), REGRET) if scored else []
+    prover_rows, regret_rows, progress_rows = (
+        (rows(paths.prover(round_index), PROVER), rows(paths.regret(round_index), REGRET),
+         rows(paths.progress(round_index), PROGRESS)) if scored else ([], [], [])
+    )
     regrets = {r["trace_id"]: r for r in regret_rows}
     problems = {p["problem_id"]: p for p in rows(paths.problems_split("train"))}
     prompts = policy_prompts(params, round_index, arm)
@@ -32,7 +34,6 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
     else:
         selected = select_star(traces, regrets, problems, prompts, params.select, drops)
     write_table(from_rows(selected, SELECTED), paths.selected(round_index))
-    progress_rows = rows(paths.progress(round_index), PROGRESS) if scored else []
     metrics = round_metrics(traces, progress_rows, regret_rows, selected, method, drops, prover_rows)
     write_json({"round": round_index, "arm": paths.arm, "scored": scored, **metrics}, paths.metrics(round_index))
     plot = paths.plots(round_index) / "j_by_prefix.json"
