@@ -6,14 +6,18 @@
    prefill tokens per trace length and the prefill-token and wall-time ratios.
 2. Adaptive sampling against fixed K, on traces the embedded model samples from the default
    problems: answers spent as a share of fixed K, and how often the decision (j*, and keep =
-   a correct answer at j*) agrees with a fixed-K run, beside how often two fixed-K runs with
-   different seeds agree (the floor: fixed K is a noisy estimate too). Three provings with
-   three seeds, so no run shares draws with the one it is compared with.
+   a correct answer at j*) agrees with a fixed-K run, beside how often a second fixed-K run with
+   other answers agrees (the floor: fixed K is a noisy estimate too). The traces are proved once
+   with a pool of 3 x K answers per prefix; each replay runs adaptive sampling on answers drawn
+   from the pool and compares it with 200 pairs of fixed-K runs drawn from the answers it left
+   (answers are exchangeable, so this is the three-provings experiment, averaged over many
+   splits instead of one: one split of 32 traces moves agreement by several points). Fixed K'
+   < K is printed beside it, to show what the same answers buy without adaptivity.
 3. The same comparison on simulated long R1-style traces (`pipeline.prover_sim`: known J
-   curves, Bernoulli answers), over thousands of traces.
+   curves, Bernoulli answers), with the agreement expected over 200 fixed-K pairs per trace.
 
 Run:  python benchmarks/prover_cost.py [--trace-tokens 5000] [--traces 16] [--k 8] [--simulated 2000]
-          [--part reuse|adaptive|simulated]
+          [--part reuse|adaptive|simulated] [--replays 20] [--risks 0.15,0.35]
 Absolute times depend on the machine; compare the ratios.
 """
 
@@ -105,14 +109,32 @@ def counts(rows: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(np.array([r["n_samples"] for r in g]), np.array([r["n_correct"] for r in g])) for g in ordered]
 
 
-def compare(name: str, fixed, other_seed, adaptive) -> None:
-    """One line: adaptive's share of fixed-K answers, its agreement with fixed K, and fixed K's own."""
-    share = prover_sim.answers(adaptive) / prover_sim.answers(fixed)
-    print(f"  {name}: adaptive answers {share:.0%} of fixed K | agreement with fixed K: "
-          f"adaptive [{prover_sim.agreement(adaptive, fixed)}] vs fixed K, other seed [{prover_sim.agreement(other_seed, fixed)}]")
+def schemes(args, defaults: ProverConfig) -> list[tuple[str, AdaptiveSettings, int | None]]:
+    """What is compared with fixed K: adaptive at each risk, and fixed K' < K at the same kind of cost."""
+    out = [(f"adaptive, risk {risk:g}", AdaptiveSettings(args.k, defaults.adaptive_step, risk=risk), None) for risk in args.risks]
+    for fixed in sorted({max(1, args.k // 2), max(1, 3 * args.k // 4)}):
+        out.append((f"fixed K' = {fixed}", AdaptiveSettings(args.k, defaults.adaptive_step), fixed))
+    return out
+
+
+def mean_se(values: list[float]) -> str:
+    values = np.asarray(values)
+    return f"{values.mean():6.1%} ± {values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0:.1%}"
+
+
+def report(name: str, results: list[prover_sim.Comparison], seconds: float) -> None:
+    """One line per scheme: share of fixed K's answers; j* and keep agreement with fixed K beside the
+    floor (fixed K against fixed K with other answers), and the difference, mean ± standard error."""
+    tested = [r.tested for r in results]
+    floor = [r.floor for r in results]
+    print(f"  {name:22s} answers {mean_se([r.share for r in results])} | j* {mean_se([t.j_star for t in tested])} "
+          f"(floor {mean_se([f.j_star for f in floor])}, difference {mean_se([t.j_star - f.j_star for t, f in zip(tested, floor)])}) | "
+          f"keep {mean_se([t.keep for t in tested])} (floor {mean_se([f.keep for f in floor])}, "
+          f"difference {mean_se([t.keep - f.keep for t, f in zip(tested, floor)])}) | {seconds:.0f} s")
 
 
 def sampled_traces(model, tokenizer, prompts: PromptBuilder, args, ref) -> None:
+    """Adaptive vs fixed K on the model's own traces, replayed from one pool of 3 x K answers per prefix."""
     defaults = load_params(REPO / "params.yaml")
     train, _, _ = load_problems(defaults.problems.model_copy(update={"train_size": args.traces}))
     problems = train.to_pylist()
@@ -125,32 +147,38 @@ def sampled_traces(model, tokenizer, prompts: PromptBuilder, args, ref) -> None:
         episodes, _ = split_episodes(decode(tokenizer, ids), token_char_starts(tokenizer, ids), defaults.episodes)
         ends[trace["trace_id"]] = [e.token_end for e in episodes]
     prefixes = sum(len(e) + 1 for e in ends.values())
+    pool_k = 3 * args.k
     print(f"\n[adaptive, sampled traces] {len(traces)} traces of the default problems, {prefixes} prefixes, "
-          f"mean trace {sum(t['n_tokens'] for t in traces) / len(traces):.0f} tokens, K = {args.k}")
-    fixed = defaults.prover.model_copy(update={"k": args.k, "seed": 1})
-    runs = {}
-    for name, config in [("fixed K", fixed), ("fixed K, other seed", fixed.model_copy(update={"seed": 2})),
-                         ("adaptive", fixed.model_copy(update={"adaptive": True, "seed": 3}))]:
-        backend = TransformersBackend(model, tokenizer, args.batch_size)
+          f"mean trace {sum(t['n_tokens'] for t in traces) / len(traces):.0f} tokens, K = {args.k}; a pool of "
+          f"{pool_k} answers per prefix (three fixed-K provings' worth), replayed {args.replays} times")
+    backend = TransformersBackend(model, tokenizer, args.batch_size)
+    start = time.perf_counter()
+    rows = prove_traces(traces, ends, answers, backend, prompts, defaults.prover.model_copy(update={"k": pool_k, "seed": 1}))
+    pools = counts(rows)
+    print(f"  pool: {time.perf_counter() - start:.1f} s, {prover_sim.answers(pools)} answers, "
+          f"{backend.stats.generated_tokens} generated tokens")
+    shard = defaults.prover.shard_size
+    for name, settings, fixed in schemes(args, defaults.prover):
         start = time.perf_counter()
-        rows = prove_traces(traces, ends, answers, backend, prompts, config)
-        runs[name] = counts(rows)
-        print(f"  {name:20s} {time.perf_counter() - start:7.1f} s   answers {prover_sim.answers(runs[name]):5d}   "
-              f"generated {backend.stats.generated_tokens:6d} tokens")
-    compare(f"{len(traces)} sampled traces", runs["fixed K"], runs["fixed K, other seed"], runs["adaptive"])
+        results = [prover_sim.replay(pools, settings, defaults.prover.adaptive_initial, seed, shard, fixed=fixed)
+                   for seed in range(args.replays)]
+        report(name, results, time.perf_counter() - start)
+    print("  (answers: share of fixed K's; agreement with a fixed-K run; floor: a second fixed-K run's; "
+          "mean ± standard error over the replays)")
 
 
 def simulated_traces(args) -> None:
     defaults = load_params(REPO / "params.yaml").prover
     curves = prover_sim.r1_curves(args.simulated, seed=0)
     print(f"\n[adaptive, simulated R1-style traces] {len(curves)} traces, {sum(len(c) for c in curves)} prefixes "
-          f"(5-40 episodes), K = {args.k}, shards of {defaults.shard_size}")
-    settings = AdaptiveSettings(args.k, defaults.adaptive_step, risk=defaults.adaptive_risk)
-    start = time.perf_counter()
-    adaptive = prover_sim.adaptive(curves, settings, defaults.adaptive_initial, seed=3, shard_size=defaults.shard_size)
-    print(f"  adaptive policy: {time.perf_counter() - start:.1f} s of planning")
-    compare(f"{len(curves)} simulated traces", prover_sim.fixed_k(curves, args.k, seed=1),
-            prover_sim.fixed_k(curves, args.k, seed=2), adaptive)
+          f"(5-40 episodes), K = {args.k}, shards of {defaults.shard_size}, in {args.populations} parts")
+    size = -(-len(curves) // args.populations)
+    for name, settings, fixed in schemes(args, defaults):
+        start = time.perf_counter()
+        results = [prover_sim.simulate(curves[i : i + size], settings, defaults.adaptive_initial, seed=3 + i,
+                                       shard_size=defaults.shard_size, fixed=fixed) for i in range(0, len(curves), size)]
+        report(name, results, time.perf_counter() - start)
+    print("  (agreement: expected over 200 fixed-K pairs per trace with the known J; mean ± standard error over the parts)")
 
 
 def main() -> None:
@@ -158,6 +186,10 @@ def main() -> None:
     parser.add_argument("--traces", type=int, default=16)
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--simulated", type=int, default=1000, help="simulated traces")
+    parser.add_argument("--populations", type=int, default=5, help="parts the simulated traces are split into (for the error)")
+    parser.add_argument("--replays", type=int, default=20, help="replays of the sampled traces' answer pool")
+    parser.add_argument("--risks", type=lambda v: [float(x) for x in v.split(",")], default=[0.15, 0.35],
+                        help="adaptive_risk values to compare (comma-separated)")
     parser.add_argument("--model", default=None)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--trace-tokens", type=int, default=5000)
