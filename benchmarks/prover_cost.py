@@ -84,20 +84,21 @@ def prefix_reuse(model, tokenizer, prompts: PromptBuilder, args) -> None:
     print(f"[prefix reuse] one trace: {trace['thinking_end']} thinking tokens + {len(trace['prompt_ids'])} prompt tokens, "
           f"{len(ends)} episodes, {len(ends) + 1} prefixes, K = 4, 16 answer tokens")
     config = ProverConfig(k=4, max_answer_tokens=16)
-    measured = {}
-    for name, reuse in (("naive (no reuse)", False), ("KV-cache reuse", True)):
-        backend = TransformersBackend(model, tokenizer, args.batch_size, reuse_prefixes=reuse)
-        start = time.perf_counter()
-        prove_traces([trace], {"long": ends}, {"long": "2"}, backend, prompts, config)
-        wall, stats = time.perf_counter() - start, backend.stats
-        measured[name] = (wall, stats.prefill_tokens, stats.prefill_seconds)
-        print(f"  {name:18s} {wall:7.1f} s: prefill {stats.prefill_seconds:6.1f} s in {stats.prefill_passes:3d} passes, "
-              f"decode and the rest {wall - stats.prefill_seconds:6.1f} s | prefill {stats.prefill_tokens:6d} tokens = "
-              f"{stats.prefill_tokens / length:.2f} x trace length")
-    (naive_s, naive_p, naive_f), (reuse_s, reuse_p, reuse_f) = measured.values()
-    print(f"  prefill-token ratio x{naive_p / reuse_p:.2f}, prefill-time ratio x{naive_f / reuse_f:.2f}, "
-          f"wall-time ratio x{naive_s / reuse_s:.2f} (decoding the K answers is the same work in both: "
-          f"{reuse_s - reuse_f:.1f} s of the reuse run)")
+    totals = defaultdict(lambda: np.zeros(3))  # mode -> (wall, prefill tokens, prefill seconds) summed over repeats
+    for repeat in range(args.repeats):  # alternating, so a slow spell of the machine hits both modes
+        for name, reuse in (("naive (no reuse)", False), ("KV-cache reuse", True)):
+            backend = TransformersBackend(model, tokenizer, args.batch_size, reuse_prefixes=reuse)
+            start = time.perf_counter()
+            prove_traces([trace], {"long": ends}, {"long": "2"}, backend, prompts, config)
+            wall, stats = time.perf_counter() - start, backend.stats
+            totals[name] += (wall, stats.prefill_tokens, stats.prefill_seconds)
+            print(f"  {name:18s} {wall:7.1f} s: prefill {stats.prefill_seconds:6.1f} s in {stats.prefill_passes:3d} passes, "
+                  f"decode and the rest {wall - stats.prefill_seconds:6.1f} s | prefill {stats.prefill_tokens:6d} tokens = "
+                  f"{stats.prefill_tokens / length:.2f} x trace length")
+    (naive_s, naive_p, naive_f), (reuse_s, reuse_p, reuse_f) = totals.values()
+    print(f"  over {args.repeats} alternating runs of each: prefill-token ratio x{naive_p / reuse_p:.2f}, prefill-time ratio "
+          f"x{naive_f / reuse_f:.2f}, wall-time ratio x{naive_s / reuse_s:.2f} (decoding the K answers is the same work in "
+          f"both: {(reuse_s - reuse_f) / args.repeats:.1f} s of a reuse run)")
 
 
 def counts(rows: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -194,6 +195,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--trace-tokens", type=int, default=5000)
     parser.add_argument("--episodes", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each prefix-reuse mode")
     parser.add_argument("--part", choices=["all", "reuse", "adaptive", "simulated"], default="all", help="run one part only")
     args = parser.parse_args()
 
