@@ -119,15 +119,53 @@ def _code_of(source: str) -> str:
     return ast.dump(tree)
 
 
+_CODE_CACHE_ENTRIES = 16  # code versions remembered (several checkouts may share one cache)
+
+
+def code_cache_file() -> Path:
+    """Where computed code versions are remembered, by the hash of the code's bytes."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mrt-star" / "code-versions.json"
+
+
+def _code_sources() -> list[Path]:
+    return [path for folder in ("pipeline", "stages") for path in sorted((_CODE_ROOT / folder).rglob("*.py"))]
+
+
+def _computed_code_version(sources: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sources:
+        digest.update(path.relative_to(_CODE_ROOT).as_posix().encode() + b"\0" + _code_of(path.read_text()).encode())
+    return digest.hexdigest()[:16]
+
+
 @cache
 def code_version() -> str:
     """Hash of the pipeline's own code (pipeline/ and stages/, comments and docstrings left out): shards
-    computed by other code are not reused."""
-    digest = hashlib.sha256()
-    for folder in ("pipeline", "stages"):
-        for path in sorted((_CODE_ROOT / folder).rglob("*.py")):
-            digest.update(path.relative_to(_CODE_ROOT).as_posix().encode() + b"\0" + _code_of(path.read_text()).encode())
-    return digest.hexdigest()[:16]
+    computed by other code are not reused.
+
+    Parsing the 60-odd modules costs about 0.3 s, in every stage process, so the result is remembered
+    in a small cache file keyed by a hash of every file's name and bytes: an entry can only be read
+    back for exactly the code it was computed from (this function's own module included), and an
+    unreadable or unwritable cache only means computing it again."""
+    sources = _code_sources()
+    key = hashlib.sha256(b"".join(path.relative_to(_CODE_ROOT).as_posix().encode() + b"\0"
+                                  + hashlib.sha256(path.read_bytes()).digest() for path in sources)).hexdigest()
+    cache_file = code_cache_file()
+    try:
+        remembered = json.loads(cache_file.read_text()).get("versions", [])
+    except (OSError, ValueError, AttributeError):
+        remembered = []
+    pairs = [tuple(pair) for pair in remembered if isinstance(pair, list) and len(pair) == 2
+             and all(isinstance(part, str) for part in pair)] if isinstance(remembered, list) else []
+    for known_key, version in pairs:
+        if known_key == key and len(version) == 16:
+            return version
+    version = _computed_code_version(sources)
+    try:  # the most recent last, at most _CODE_CACHE_ENTRIES
+        write_json({"versions": [list(pair) for pair in pairs[-(_CODE_CACHE_ENTRIES - 1):]] + [[key, version]]}, cache_file)
+    except OSError:
+        pass  # a read-only home: compute it again next time
+    return version
 
 
 # Temporary names: `.NAME~HOST~PID.tmp`, so that a writer knows which ones are its own or a dead process's.

@@ -1,3 +1,5 @@
+import json
+
 import pyarrow as pa
 import pytest
 
@@ -181,3 +183,76 @@ def test_the_code_version_ignores_comments_and_docstrings():
     assert _code_of('"""Module."""\nx = 1  # one\n\ndef f():\n    """Why."""\n    return x\n') == _code_of(plain)
     assert _code_of(plain.replace("return x", "return -x")) != _code_of(plain)
     assert len(code_version()) == 16
+
+
+def _fake_code_root(tmp_path, monkeypatch):
+    from pipeline import io
+
+    root = tmp_path / "code"
+    (root / "pipeline").mkdir(parents=True, exist_ok=True)
+    (root / "stages").mkdir(exist_ok=True)
+    (root / "pipeline" / "a.py").write_text('"""Doc."""\nx = 1\n')
+    (root / "stages" / "b.py").write_text("y = 2\n")
+    monkeypatch.setattr(io, "_CODE_ROOT", root)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    io.code_version.cache_clear()
+    return root
+
+
+def test_the_code_version_is_remembered_for_exactly_the_code_it_was_computed_from(tmp_path, monkeypatch):
+    """Every stage process needs the code version; parsing every module each time cost 0.3 s a stage.
+    A remembered version is read back only for the same files and bytes, and is the computed one."""
+    from pipeline import io
+
+    root = _fake_code_root(tmp_path, monkeypatch)
+    first = io.code_version()
+    assert first == io._computed_code_version(io._code_sources())
+    assert io.code_cache_file().is_file()
+
+    def no_parsing(source):
+        raise AssertionError("parsed although the version is remembered")
+
+    io.code_version.cache_clear()
+    monkeypatch.setattr(io, "_code_of", no_parsing)
+    assert io.code_version() == first  # read back, not computed
+    monkeypatch.undo()
+    root = _fake_code_root(tmp_path, monkeypatch)  # the same code again, the cache kept
+    (root / "stages" / "b.py").write_text("y = 3\n")  # other code: computed, not read back
+    io.code_version.cache_clear()
+    changed = io.code_version()
+    assert changed != first and changed == io._computed_code_version(io._code_sources())
+    (root / "stages" / "b.py").write_text("y = 3  # a comment\n")  # other bytes, same code: same version
+    io.code_version.cache_clear()
+    assert io.code_version() == changed
+    io.code_version.cache_clear()
+
+
+def test_an_unreadable_or_unwritable_code_cache_only_costs_the_computation(tmp_path, monkeypatch):
+    from pipeline import io
+
+    _fake_code_root(tmp_path, monkeypatch)
+    expected = io._computed_code_version(io._code_sources())
+    cache_file = io.code_cache_file()
+    cache_file.parent.mkdir(parents=True)
+    for garbage in ("{not json", "[1, 2]", '{"versions": [["only one"], 5, ["k", 7]]}'):
+        cache_file.write_text(garbage)
+        io.code_version.cache_clear()
+        assert io.code_version() == expected
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a-file"))
+    (tmp_path / "a-file").write_text("")  # the cache folder cannot be made
+    io.code_version.cache_clear()
+    assert io.code_version() == expected
+    io.code_version.cache_clear()
+
+
+def test_the_code_cache_keeps_a_bounded_number_of_versions(tmp_path, monkeypatch):
+    from pipeline import io
+
+    root = _fake_code_root(tmp_path, monkeypatch)
+    for value in range(io._CODE_CACHE_ENTRIES + 5):
+        (root / "pipeline" / "a.py").write_text(f"x = {value}\n")
+        io.code_version.cache_clear()
+        io.code_version()
+    versions = json.loads(io.code_cache_file().read_text())["versions"]
+    assert len(versions) == io._CODE_CACHE_ENTRIES and versions[-1][1] == io.code_version()
+    io.code_version.cache_clear()
