@@ -48,14 +48,6 @@ def r1_curves(n_traces: int, seed: int) -> list[np.ndarray]:
     return curves
 
 
-def adaptive(curves: list[np.ndarray], settings: AdaptiveSettings, initial: int, seed: int,
-             shard_size: int = 16) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Adaptive sampling of every shard: `initial` answers per prefix, then as `plan_draws` says."""
-    rng = np.random.default_rng(seed)
-    return adaptive_from([len(j) for j in curves], lambda t, plan: rng.binomial(plan, curves[t]),
-                         settings, initial, f"{seed}", shard_size)
-
-
 def adaptive_from(lengths: list[int], draw: Callable[[int, np.ndarray], np.ndarray], settings: AdaptiveSettings,
                   initial: int, key: str, shard_size: int = 16) -> list[tuple[np.ndarray, np.ndarray]]:
     """Adaptive sampling with answers from `draw(trace, answers per prefix) -> correct per prefix`,
