@@ -150,10 +150,11 @@ def code_version() -> str:
     sources = _code_sources()
     key = hashlib.sha256(b"".join(path.relative_to(_CODE_ROOT).as_posix().encode() + b"\0"
                                   + hashlib.sha256(path.read_bytes()).digest() for path in sources)).hexdigest()
-    cache_file = code_cache_file()
+    cache_file: Path | None = None
     try:
+        cache_file = code_cache_file()  # Path.home() itself fails where no home can be found
         remembered = json.loads(cache_file.read_text()).get("versions", [])
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RuntimeError, KeyError):
         remembered = []
     pairs = [tuple(pair) for pair in remembered if isinstance(pair, list) and len(pair) == 2
              and all(isinstance(part, str) for part in pair)] if isinstance(remembered, list) else []
@@ -161,10 +162,11 @@ def code_version() -> str:
         if known_key == key and len(version) == 16:
             return version
     version = _computed_code_version(sources)
-    try:  # the most recent last, at most _CODE_CACHE_ENTRIES
-        write_json({"versions": [list(pair) for pair in pairs[-(_CODE_CACHE_ENTRIES - 1):]] + [[key, version]]}, cache_file)
-    except OSError:
-        pass  # a read-only home: compute it again next time
+    if cache_file is not None:
+        try:  # the most recent last, at most _CODE_CACHE_ENTRIES
+            write_json({"versions": [list(pair) for pair in pairs[-(_CODE_CACHE_ENTRIES - 1):]] + [[key, version]]}, cache_file)
+        except OSError:
+            pass  # a read-only home: compute it again next time
     return version
 
 

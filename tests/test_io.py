@@ -242,6 +242,14 @@ def test_an_unreadable_or_unwritable_code_cache_only_costs_the_computation(tmp_p
     (tmp_path / "a-file").write_text("")  # the cache folder cannot be made
     io.code_version.cache_clear()
     assert io.code_version() == expected
+    monkeypatch.delenv("XDG_CACHE_HOME")
+
+    def homeless():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(io.Path, "home", staticmethod(homeless))  # no home: no cache, the same version
+    io.code_version.cache_clear()
+    assert io.code_version() == expected
     io.code_version.cache_clear()
 
 
