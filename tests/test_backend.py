@@ -289,9 +289,8 @@ def test_prompt_slots_are_reused_in_place_and_grow_only_when_they_must(tiny_mode
 
 
 def test_a_prefill_on_a_reused_prefix_matches_one_from_scratch(tiny_model_dir, tokenizer):
-    """A prompt prefilled on top of a cached prompt's KV (its attention split into the cached part,
-    unmasked, and the new tokens, causal) gets the KV cache and logits of prefilling it whole:
-    one new token, and several."""
+    """A prompt prefilled on top of a cached prompt's KV (folded attention under the offset causal
+    mask) gets the KV cache and logits of prefilling it whole: one new token, and several."""
     from pipeline.models import ModelRef, load_causal_lm
 
     model = load_causal_lm(ModelRef(str(tiny_model_dir)))
@@ -310,12 +309,15 @@ def test_a_prefill_on_a_reused_prefix_matches_one_from_scratch(tiny_model_dir, t
             torch.testing.assert_close(v2, v1, rtol=1e-4, atol=1e-4)
 
 
-def test_split_prefill_attention_is_masked_softmax_attention(monkeypatch):
-    """The extending prefill's attention (cached keys unmasked, new keys causal, merged by their
-    log-sum-exp; query heads sharing a key head) equals softmax attention under the causal mask
-    offset by the cached length, computed here from the definition; so does the plain-SDPA path
-    taken off CPU."""
+def test_folded_prefill_attention_is_sdpa_bit_for_bit(monkeypatch):
+    """A masked prefill's attention with the query heads of a key head folded into its rows equals
+    softmax attention under the mask computed from the definition, and equals transformers' SDPA
+    path (keys copied per query head) bit for bit: a prefill on cached KV (causal mask offset by
+    the cached length) and a packed one (a block mask), one new token and several; off CPU the
+    plain SDPA path is taken."""
     from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     from pipeline.backends import shared_prefix
 
@@ -323,15 +325,22 @@ def test_split_prefill_attention_is_masked_softmax_attention(monkeypatch):
     module = SimpleNamespace(num_key_value_groups=2, is_causal=True)
     kernel = shared_prefix._FUSED_CPU
     assert kernel is not None  # the CPU build CI runs has it
-    for new in (1, 5):
+    block = torch.ones(6, 6, dtype=torch.bool).tril()
+    block[3:, :3] = False  # two packed prompts of 3 new tokens each, after 30 cached tokens
+    cases = [(1, torch.arange(31)[None, :] <= torch.arange(30, 31)[:, None]),
+             (5, torch.arange(35)[None, :] <= torch.arange(30, 35)[:, None]),
+             (6, torch.cat([torch.ones(6, 30, dtype=torch.bool), block], 1))]
+    for new, allowed in cases:
         cached_k, cached_v = torch.randn(1, 2, 30, 16), torch.randn(1, 2, 30, 16)
         new_k, new_v, query = torch.randn(1, 2, new, 16), torch.randn(1, 2, new, 16), torch.randn(1, 4, new, 16)
-        allowed = torch.arange(30 + new)[None, :] <= torch.arange(30, 30 + new)[:, None]  # [new, 30 + new]
-        keys, values = torch.cat([cached_k, new_k], 2).repeat_interleave(2, 1), torch.cat([cached_v, new_v], 2).repeat_interleave(2, 1)
-        scores = (query @ keys.transpose(-1, -2)) * 0.25
-        expected = (torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1) @ values).transpose(1, 2)
+        keys, values = torch.cat([cached_k, new_k], 2), torch.cat([cached_v, new_v], 2)
+        scores = (query @ keys.repeat_interleave(2, 1).transpose(-1, -2)) * 0.25
+        expected = (torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1) @ values.repeat_interleave(2, 1)).transpose(1, 2)
+        sdpa, _ = sdpa_attention_forward(module, query, keys, values, allowed[None, None], scaling=0.25)
         for fused in (kernel, None):
             monkeypatch.setattr(shared_prefix, "_FUSED_CPU", fused)
-            marker, _ = shared_prefix.ExtendingLayer(cached_k, cached_v).update(new_k, new_v)
+            cache = shared_prefix.extending_cache([(cached_k, cached_v)])
+            marker, _ = cache.layers[0].update(new_k, new_v)
             out, _ = shared_prefix.shared_prefix_attention(module, query, marker, marker, allowed[None, None], scaling=0.25)
             torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+            assert torch.equal(out, sdpa)

@@ -9,15 +9,13 @@ queries of all rows of that prompt stacked together) and merged exactly with the
 log-sum-exp weights (cascade attention). On CPU each part is one call of PyTorch's fused
 attention kernel, which returns the log-sum-exp too.
 
-A prefill on top of a reused prompt's KV cache (`ExtendingLayer`) is split the same way: the
-new tokens attend to the whole cached prefix without a mask (and without copying its keys for
-every query head), and to themselves causally. With the prefix and the new tokens in one SDPA
-call, the mask (new x (prefix + new)) and the per-head copies of a 5000-token prefix cost about
-a fifth of the prefill's attention. Other prefills use PyTorch SDPA.
-
-Rows come and go (`SharedPrefixBatch.rebuild`): finished rows leave, waiting ones join with
-their own prompts, so a batch stays full instead of decoding until its longest row ends. Each
-row counts its own tokens, so rows that joined at different steps decode side by side.
+A prefill with a mask (on top of a reused prompt's KV cache, or a packed one; `ExtendingLayer`)
+stacks the query heads that share a key head as query rows of that head, so the keys and values
+are not copied once per query head as transformers' SDPA path does for grouped-query attention;
+the mask is tiled to match once per forward pass. Each row is computed bit for bit as SDPA
+computes it (the same kernel over the same keys under the same mask row), so prover and eval
+tables stay those of plain SDPA. A 440-token step on 5000 cached tokens: a fifth less time.
+Other prefills use PyTorch SDPA.
 """
 
 from __future__ import annotations
@@ -75,34 +73,48 @@ def _bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class _Extending:
-    """What `ExtendingLayer` hands the attention function: how many cached tokens precede the new ones."""
+    """What `ExtendingLayer` hands the attention function instead of a key tensor."""
 
     layer: "ExtendingLayer"
-    cached: int
+
+
+class _FoldedMask:
+    """A prefill's mask in the folded layout (query heads of a key head stacked as rows), built
+    once per forward pass for all layers: tiling it per layer costs as much as it saves."""
+
+    def __init__(self):
+        self.source: torch.Tensor | None = None
+        self.folded: torch.Tensor | None = None
+
+    def get(self, mask: torch.Tensor, repeat: int, dtype: torch.dtype) -> torch.Tensor:
+        if self.source is not mask or self.folded is None or self.folded.dtype != dtype or self.folded.shape[2] != mask.shape[2] * repeat:
+            additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else mask.to(dtype)
+            self.source, self.folded = mask, additive.repeat(1, 1, repeat, 1)
+        return self.folded
 
 
 class ExtendingLayer(DynamicLayer):
-    """One layer's cache for prefilling a prompt (batch 1, no padding) on top of a cached prefix."""
+    """One layer's cache for a masked prefill (on top of cached KV, or from nothing): it grows like
+    `DynamicLayer`, and hands attention a marker so it can fold the query heads (see the module)."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+    def __init__(self, keys: torch.Tensor | None, values: torch.Tensor | None, masks: _FoldedMask):
         super().__init__()
-        self.keys, self.values = keys, values
-        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+        self.masks = masks
+        if keys is not None:
+            self.keys, self.values = keys, values
+            self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if key_states.shape[0] != 1:
-            raise RuntimeError("an extending prefill has batch size 1")
-        cached = self.keys.shape[2]
-        self.keys = torch.cat([self.keys, key_states], dim=-2)
-        self.values = torch.cat([self.values, value_states], dim=-2)
-        marker = _Extending(self, cached)
+        super().update(key_states, value_states, *args, **kwargs)
+        marker = _Extending(self)
         return marker, marker
 
 
-def extending_cache(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
-    """A cache that prefills new tokens after `kv` (per layer (keys, values), batch 1) with split attention."""
+def extending_cache(kv: list[tuple[torch.Tensor, torch.Tensor]] | None, layers: int = 0) -> DynamicCache:
+    """A cache for a masked prefill after `kv` (per layer (keys, values)), or after nothing (`layers` empty ones)."""
+    masks = _FoldedMask()
     cache = DynamicCache()
-    cache.layers = [ExtendingLayer(keys, values) for keys, values in kv]
+    cache.layers = [ExtendingLayer(keys, values, masks) for keys, values in kv] if kv else [ExtendingLayer(None, None, masks) for _ in range(layers)]
     return cache
 
 
@@ -152,29 +164,26 @@ def _merge(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b:
 
 
 def _extending_attention(module, query, marker: _Extending, attention_mask, dropout, scaling, **kwargs):
-    """Prefill attention of new tokens after `marker.cached` cached ones: all cached keys without a mask, the
-    new keys causally (their own square, so SDPA's causal flag is exact), merged by log-sum-exp."""
-    layer, cached = marker.layer, marker.cached
-    if _FUSED_CPU is None or query.device.type != "cpu" or cached == 0:
+    """Masked prefill attention with the query heads of each key head folded into its query rows: one
+    fused kernel call over the keys as they are, instead of SDPA over keys copied once per query head.
+    Each row sees the same keys under the same mask row as in SDPA, so its output is the same."""
+    layer = marker.layer
+    batch, heads, q_len, dim = query.shape
+    kv_heads = layer.keys.shape[1]
+    foldable = attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[1] == 1
+    if _FUSED_CPU is None or query.device.type != "cpu" or not foldable or heads == kv_heads or dropout:
         return sdpa_attention_forward(module, query, layer.keys, layer.values, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
-    _, heads, q_len, dim = query.shape
-    kv_heads = layer.keys.shape[1]
     repeat = heads // kv_heads
     scale = scaling if scaling is not None else dim**-0.5
-    # Cached part: every query head of a key head is a query row against that head's keys (no copies per head).
-    folded = query.reshape(1, kv_heads, repeat * q_len, dim)
-    cached_out, cached_lse = _FUSED_CPU(folded, layer.keys[:, :, :cached], layer.values[:, :, :cached], 0.0, False, scale=scale)
-    cached_out, cached_lse = cached_out.reshape(1, heads, q_len, dim), cached_lse.reshape(1, heads, q_len, 1)
-    new_keys = layer.keys[:, :, cached:].repeat_interleave(repeat, dim=1)
-    new_values = layer.values[:, :, cached:].repeat_interleave(repeat, dim=1)
-    new_out, new_lse = _FUSED_CPU(query, new_keys, new_values, 0.0, True, scale=scale)
-    out = _merge(cached_out, cached_lse, new_out, new_lse.unsqueeze(-1))
-    return out.transpose(1, 2).contiguous(), None
+    folded = query.reshape(batch, kv_heads, repeat * q_len, dim)
+    mask = layer.masks.get(attention_mask, repeat, query.dtype)
+    out, _ = _FUSED_CPU(folded, layer.keys, layer.values, 0.0, False, attn_mask=mask, scale=scale)
+    return out.reshape(batch, heads, q_len, dim).transpose(1, 2).contiguous(), None
 
 
 def shared_prefix_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """Cascade attention for `SharedPrefixLayer` caches, split attention for `ExtendingLayer` ones, plain
+    """Cascade attention for `SharedPrefixLayer` caches, folded attention for `ExtendingLayer` ones, plain
     SDPA for everything else."""
     if isinstance(key, _Extending):
         return _extending_attention(module, query, key, attention_mask, dropout, scaling, **kwargs)

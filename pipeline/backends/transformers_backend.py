@@ -30,7 +30,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
 
 from pipeline.backends.base import Completion, GenerationStats, Request, SamplingParams, completion_text
 from pipeline.backends.shared_prefix import SharedPrefixBatch, extending_cache, install
@@ -290,12 +289,11 @@ class TransformersBackend:
                 self._prefill(ids)
             return
         layout = pack_layout(todo, [self._donor(ids) for ids in todo])
-        past = None
-        if layout.donors:
-            past = DynamicCache(ddp_cache_data=[
-                (torch.cat([d.kv[layer][0][:, :, :n] for d, n in layout.donors], dim=2),
-                 torch.cat([d.kv[layer][1][:, :, :n] for d, n in layout.donors], dim=2))
-                for layer in range(len(layout.donors[0][0].kv))])
+        donors = [
+            (torch.cat([d.kv[layer][0][:, :, :n] for d, n in layout.donors], dim=2),
+             torch.cat([d.kv[layer][1][:, :, :n] for d, n in layout.donors], dim=2))
+            for layer in range(len(layout.donors[0][0].kv))] if layout.donors else None
+        past = extending_cache(donors, layers=self.model.config.num_hidden_layers)
         out = self.model(
             input_ids=torch.tensor([layout.input_ids], device=self.device),
             position_ids=torch.tensor([layout.positions], device=self.device),
