@@ -240,3 +240,107 @@ def test_fused_cpu_attention_and_the_plain_ops_agree(monkeypatch):
     scores = (query @ keys.transpose(-1, -2)) * 0.25  # and both are softmax attention over the allowed keys
     expected = torch.softmax(scores.masked_fill(~allowed[:, None, None, :], float("-inf")), dim=-1) @ values
     torch.testing.assert_close(plain[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_prompt_slots_are_reused_in_place_and_grow_only_when_they_must(tiny_model_dir, tokenizer, monkeypatch):
+    """Rows of six prompts leave and join over five rebuilds. A finished prompt's slot is taken by a
+    new prompt (or by a kept one moved from the tail) without reallocating the buffer; it grows only
+    for a prompt longer than it or for more prompts than its slots; and after every rebuild each
+    row's logits are those of a full forward pass of its own prompt and tokens, with the buffer's
+    unwritten memory full of NaN (the masked padding must still be zeroed)."""
+    from pipeline.models import ModelRef, load_causal_lm
+
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, shape: self.new_full(shape, float("nan")))
+
+    reference = load_causal_lm(ModelRef(str(tiny_model_dir)))
+    backend = TransformersBackend(load_causal_lm(ModelRef(str(tiny_model_dir))), tokenizer, batch_size=8)
+    prompts = [tuple(range(300, 340)), tuple(range(300, 317)) + (5, 6), tuple(range(400, 425)), tuple(range(500, 530)),
+               tuple(range(600, 650)), tuple(range(700, 712))]
+    entries = [backend._prefill(p) for p in prompts]
+    batch = SharedPrefixBatch(capacity=6)
+    alive: list[int] = []  # row id of each batch row
+    row_prompt: dict[int, int] = {}
+    fed: dict[int, list[int]] = {}
+    # (rows that finish, prompts of the rows that join, whether the buffer must grow)
+    schedule = [((), (0, 1, 0, 2), True), ((0, 2), (3, 3), False), ((1,), (4,), True), ((), (5, 5, 2, 1), True), ((4, 5, 6), (), False)]
+    with torch.inference_mode():
+        for finishing, joining, grows in schedule:
+            before = batch._buffers[0][0].data_ptr() if batch._buffers else None
+            keep = [position for position, row in enumerate(alive) if row not in finishing]
+            batch.rebuild(keep, [(entries[g], entries[g].kv) for g in joining], width=40)
+            alive = [alive[position] for position in keep]
+            for g in joining:
+                row_prompt[len(row_prompt)] = g
+                fed[len(fed)] = []
+                alive.append(len(row_prompt) - 1)
+            assert (batch._buffers[0][0].data_ptr() != before) == grows
+            layer = batch.cache.layers[0]
+            live_prompts = {row_prompt[row] for row in alive}
+            assert layer.prefix_keys.shape[0] == len(live_prompts)  # one slot per prompt with rows
+            assert layer.prefix_keys.shape[2] == max(len(prompts[g]) for g in live_prompts)  # as wide as the longest
+            ids = torch.tensor([[11 + 10 * row + len(fed[row])] for row in alive])
+            positions = torch.tensor([[len(prompts[row_prompt[row]]) + len(fed[row])] for row in alive])
+            logits = backend.model(input_ids=ids, position_ids=positions, past_key_values=batch.cache, use_cache=True).logits[:, -1]
+            batch.advance(torch.ones(len(alive), dtype=torch.bool))
+            for position, row in enumerate(alive):
+                fed[row].append(int(ids[position, 0]))
+                full = reference(input_ids=torch.tensor([list(prompts[row_prompt[row]]) + fed[row]])).logits[0, -1]
+                assert torch.allclose(logits[position], full, atol=1e-4), (row, fed[row])
+
+
+def test_a_prefill_on_a_reused_prefix_matches_one_from_scratch(tiny_model_dir, tokenizer):
+    """A prompt prefilled on top of a cached prompt's KV (folded attention under the offset causal
+    mask) gets the KV cache and logits of prefilling it whole: one new token, and several."""
+    from pipeline.models import ModelRef, load_causal_lm
+
+    model = load_causal_lm(ModelRef(str(tiny_model_dir)))
+    reused, whole = TransformersBackend(model, tokenizer), TransformersBackend(model, tokenizer, reuse_prefixes=False)
+    first = tuple(range(300, 340)) + (7, 8, 9)
+    prompts = [first, first + (10,), tuple(range(300, 355)) + (7, 8)]
+    for ids in prompts:
+        reused._prefill(ids)
+        whole._prefill(ids)
+    assert reused.stats.prefill_tokens == 43 + 1 + 17 and whole.stats.prefill_tokens == 43 + 44 + 57
+    for ids in prompts:
+        split, plain = reused._prefix_cache[ids], whole._prefix_cache[ids]
+        torch.testing.assert_close(split.last_logits, plain.last_logits, rtol=1e-4, atol=1e-4)
+        for (k1, v1), (k2, v2) in zip(plain.kv, split.kv):
+            torch.testing.assert_close(k2, k1, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(v2, v1, rtol=1e-4, atol=1e-4)
+
+
+def test_folded_prefill_attention_is_sdpa_bit_for_bit(monkeypatch):
+    """A masked prefill's attention with the query heads of a key head folded into its rows equals
+    softmax attention under the mask computed from the definition, and equals transformers' SDPA
+    path (keys copied per query head) bit for bit: a prefill on cached KV (causal mask offset by
+    the cached length) and a packed one (a block mask), one new token and several; off CPU the
+    plain SDPA path is taken."""
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from pipeline.backends import shared_prefix
+
+    torch.manual_seed(0)
+    module = SimpleNamespace(num_key_value_groups=2, is_causal=True)
+    kernel = shared_prefix._FUSED_CPU
+    assert kernel is not None  # the CPU build CI runs has it
+    block = torch.ones(6, 6, dtype=torch.bool).tril()
+    block[3:, :3] = False  # two packed prompts of 3 new tokens each, after 30 cached tokens
+    cases = [(1, torch.arange(31)[None, :] <= torch.arange(30, 31)[:, None]),
+             (5, torch.arange(35)[None, :] <= torch.arange(30, 35)[:, None]),
+             (6, torch.cat([torch.ones(6, 30, dtype=torch.bool), block], 1))]
+    for new, allowed in cases:
+        cached_k, cached_v = torch.randn(1, 2, 30, 16), torch.randn(1, 2, 30, 16)
+        new_k, new_v, query = torch.randn(1, 2, new, 16), torch.randn(1, 2, new, 16), torch.randn(1, 4, new, 16)
+        keys, values = torch.cat([cached_k, new_k], 2), torch.cat([cached_v, new_v], 2)
+        scores = (query @ keys.repeat_interleave(2, 1).transpose(-1, -2)) * 0.25
+        expected = (torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1) @ values.repeat_interleave(2, 1)).transpose(1, 2)
+        sdpa, _ = sdpa_attention_forward(module, query, keys, values, allowed[None, None], scaling=0.25)
+        for fused in (kernel, None):
+            monkeypatch.setattr(shared_prefix, "_FUSED_CPU", fused)
+            cache = shared_prefix.extending_cache([(cached_k, cached_v)])
+            marker, _ = cache.layers[0].update(new_k, new_v)
+            out, _ = shared_prefix.shared_prefix_attention(module, query, marker, marker, allowed[None, None], scaling=0.25)
+            torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+            assert torch.equal(out, sdpa)

@@ -30,10 +30,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
 
 from pipeline.backends.base import Completion, GenerationStats, Request, SamplingParams, completion_text
-from pipeline.backends.shared_prefix import SharedPrefixBatch, install
+from pipeline.backends.shared_prefix import SharedPrefixBatch, extending_cache, install
 from pipeline.tokens import decode
 
 _STOP_LOOKBACK_TOKENS = 16
@@ -253,7 +252,7 @@ class TransformersBackend:
         reuse, donor = self._donor(ids)
         past = None
         if donor is not None:
-            past = DynamicCache(ddp_cache_data=[(k[:, :, :reuse], v[:, :, :reuse]) for k, v in donor.kv])
+            past = extending_cache([(k[:, :, :reuse], v[:, :, :reuse]) for k, v in donor.kv])
         new = torch.tensor([ids[reuse:]], device=self.device)
         positions = torch.arange(reuse, len(ids), device=self.device).unsqueeze(0)
         out = self.model(input_ids=new, position_ids=positions, past_key_values=past, use_cache=True, logits_to_keep=1)
@@ -290,12 +289,11 @@ class TransformersBackend:
                 self._prefill(ids)
             return
         layout = pack_layout(todo, [self._donor(ids) for ids in todo])
-        past = None
-        if layout.donors:
-            past = DynamicCache(ddp_cache_data=[
-                (torch.cat([d.kv[layer][0][:, :, :n] for d, n in layout.donors], dim=2),
-                 torch.cat([d.kv[layer][1][:, :, :n] for d, n in layout.donors], dim=2))
-                for layer in range(len(layout.donors[0][0].kv))])
+        donors = [
+            (torch.cat([d.kv[layer][0][:, :, :n] for d, n in layout.donors], dim=2),
+             torch.cat([d.kv[layer][1][:, :, :n] for d, n in layout.donors], dim=2))
+            for layer in range(len(layout.donors[0][0].kv))] if layout.donors else None
+        past = extending_cache(donors, layers=self.model.config.num_hidden_layers)
         out = self.model(
             input_ids=torch.tensor([layout.input_ids], device=self.device),
             position_ids=torch.tensor([layout.positions], device=self.device),
@@ -319,6 +317,7 @@ class TransformersBackend:
     @torch.inference_mode()
     def _decode(self, requests: list[Request], rows: list[tuple[int, int]], results, on_done) -> None:
         batch = SharedPrefixBatch(capacity=max(req.params.max_tokens for req in requests))
+        longest = max(len(req.prompt_ids) for req in requests)  # sizes the batch's prompt buffer once
         live: list[_Row] = []  # the batch's rows, in cache order
         waiting = iter(rows)
         remaining = len(rows)
@@ -328,9 +327,9 @@ class TransformersBackend:
             free = self.batch_size - len(live) + len(finished)
             joining = remaining - (len(live) - len(finished))  # rows not yet in the batch
             if joining and (len(finished) == len(live) or free >= min(self._refill_threshold(), joining)):
-                live, logits = self._rebuild(batch, requests, live, logits, [next(waiting) for _ in range(min(free, joining))])
+                live, logits = self._rebuild(batch, requests, live, logits, [next(waiting) for _ in range(min(free, joining))], longest)
             elif finished and 2 * len(finished) >= len(live):
-                live, logits = self._rebuild(batch, requests, live, logits, [])
+                live, logits = self._rebuild(batch, requests, live, logits, [], longest)
             if not live:
                 return
             active = [i for i, row in enumerate(live) if row.finish is None]
@@ -360,7 +359,7 @@ class TransformersBackend:
             logits = out.logits[:, -1, :].float().cpu()
 
     def _rebuild(self, batch: SharedPrefixBatch, requests: list[Request], live: list["_Row"], logits: torch.Tensor,
-                 joining: list[tuple[int, int]]) -> tuple[list["_Row"], torch.Tensor]:
+                 joining: list[tuple[int, int]], longest: int) -> tuple[list["_Row"], torch.Tensor]:
         """Drop the batch's finished rows and prefill and add `joining` ones."""
         keep = [i for i, row in enumerate(live) if row.finish is None]
         new = []
@@ -373,7 +372,7 @@ class TransformersBackend:
             entry = self._prefill(ids)
             new.append(_Row(r, s, params, entry, torch.Generator().manual_seed(sample_seed(params.seed, s))))
         self.stats.prefill_seconds += time.perf_counter() - started
-        batch.rebuild(keep, [(row.entry, row.entry.kv) for row in new])
+        batch.rebuild(keep, [(row.entry, row.entry.kv) for row in new], width=longest)
         logits = torch.cat(([logits[keep]] if keep else []) + [row.entry.last_logits[None] for row in new]) if keep or new else logits
         return [live[i] for i in keep] + new, logits
 
