@@ -67,8 +67,14 @@ class _Rows:
         return self._prefix_bias, self._own[1], self._own[2]
 
 
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive mask (0 where allowed, -inf elsewhere) of a boolean one, in its shape."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))
+
+
 def _bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))[:, None, None, :]
+    """[rows, columns] allowed -> additive [rows, 1, 1, columns], broadcast over heads and queries."""
+    return _additive(allowed, dtype)[:, None, None, :]
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,7 @@ class _FoldedMask:
 
     def get(self, mask: torch.Tensor, repeat: int, dtype: torch.dtype) -> torch.Tensor:
         if self.source is not mask or self.folded is None or self.folded.dtype != dtype or self.folded.shape[2] != mask.shape[2] * repeat:
-            additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else mask.to(dtype)
+            additive = _additive(mask, dtype) if mask.dtype == torch.bool else mask.to(dtype)
             self.source, self.folded = mask, additive.repeat(1, 1, repeat, 1)
         return self.folded
 
@@ -114,7 +120,7 @@ def extending_cache(kv: list[tuple[torch.Tensor, torch.Tensor]] | None, layers: 
     """A cache for a masked prefill after `kv` (per layer (keys, values)), or after nothing (`layers` empty ones)."""
     masks = _FoldedMask()
     cache = DynamicCache()
-    cache.layers = [ExtendingLayer(keys, values, masks) for keys, values in kv] if kv else [ExtendingLayer(None, None, masks) for _ in range(layers)]
+    cache.layers = [ExtendingLayer(keys, values, masks) for keys, values in (kv or [(None, None)] * layers)]
     return cache
 
 
