@@ -80,8 +80,11 @@ def extrapolate_traces(
     """Rows of the extrapolation table (`pipeline.tables.EXTRAPOLATION`) for `traces`.
 
     `markers` are rotated over the continuations (default: `continuation_markers` with the
-    default episode rule). Every continuation step sends all traces to the backend in one call,
-    then all forced answers in one call, so engines batch across traces.
+    default episode rule). The forced answers after continuation e and continuation e + 1 both
+    start from the thinking after e, so they go to the backend in one call, for all traces:
+    `times + 1` calls instead of `2 * times`, and the short answer rows fill the decoding batch
+    beside the long continuation rows (a continuation call alone leaves a CPU batch a third
+    empty; every sample keeps its own seed, so the outputs do not change).
     """
     markers = list(markers or continuation_markers(config, EpisodesConfig()))
     tokens = config.tokens or sample.max_tokens
@@ -89,9 +92,11 @@ def extrapolate_traces(
         _Thread(t, thinking_ids(t), t["thinking_end"] < 0 and t["finish_reason"] == "length") for t in traces
     ]
     rows: list[dict] = []
-    for extension in range(1, config.times + 1):
+    added = [0] * len(threads)  # tokens the last continuation added to each thread
+    for extension in range(1, config.times + 2):
+        continuing = extension <= config.times
         marker = markers[(extension - 1) % len(markers)]
-        prefixes = [prompts.encode(separator(prompts.tokenizer, thread.thinking) + marker) for thread in threads]
+        prefixes = [prompts.encode(separator(prompts.tokenizer, thread.thinking) + marker) for thread in threads] if continuing else []
         requests = [
             Request(
                 list(thread.trace["prompt_ids"]) + thread.thinking + prefix,
@@ -100,9 +105,20 @@ def extrapolate_traces(
             )
             for thread, prefix in zip(threads, prefixes)
         ]
-        continued = backend.generate(requests, on_done=on_done)
-        added = []
-        for thread, prefix, (completion,) in zip(threads, prefixes, continued):
+        if extension > 1:  # the forced answers after continuation extension - 1
+            requests += [
+                Request(
+                    list(thread.trace["prompt_ids"]) + thread.thinking
+                    + prompts.encode(separator(prompts.tokenizer, thread.thinking) + prompts.close_text),
+                    SamplingParams(prover.k, prover.temperature, prover.top_p, prover.max_answer_tokens, (),
+                                   request_seed(prover.seed, extension - 1, f"{thread.trace['trace_id']}#extend")),
+                )
+                for thread in threads
+            ]
+        outputs = backend.generate(requests, on_done=on_done)
+        if extension > 1:
+            rows += _answer_rows(threads, added, outputs[len(prefixes):], extension - 1, answers, grader)
+        for i, (thread, prefix, (completion,)) in enumerate(zip(threads, prefixes, outputs)):
             cut = close_offset(prompts.tokenizer, completion.token_ids)
             new = completion.token_ids if cut < 0 else completion.token_ids[:cut]
             before = len(thread.thinking) + len(prefix)
@@ -110,37 +126,34 @@ def extrapolate_traces(
             thread.cut_by_length = cut < 0 and completion.finish_reason == "length"
             if thread.cut_by_length:
                 thread.thinking = drop_unfinished_paragraph(prompts.tokenizer, thread.thinking, before)
-            added.append(len(prefix) + len(thread.thinking) - before)
-        answer_requests = [
-            Request(
-                list(thread.trace["prompt_ids"]) + thread.thinking
-                + prompts.encode(separator(prompts.tokenizer, thread.thinking) + prompts.close_text),
-                SamplingParams(prover.k, prover.temperature, prover.top_p, prover.max_answer_tokens, (),
-                               request_seed(prover.seed, extension, f"{thread.trace['trace_id']}#extend")),
-            )
-            for thread in threads
-        ]
-        outputs = backend.generate(answer_requests, on_done=on_done)
-        grades = iter(grader.grade_completions(
-            [answers[thread.trace["problem_id"]] for thread, out in zip(threads, outputs) for _ in out],
-            [completion.text for out in outputs for completion in out],
-        ))
-        for thread, n_added, out in zip(threads, added, outputs):
-            judged = [next(grades) for _ in out]
-            n_correct = sum(g.correct for g in judged)
-            rows.append({
-                "trace_id": thread.trace["trace_id"],
-                "problem_id": thread.trace["problem_id"],
-                "extension": extension,
-                "thinking_tokens": len(thread.thinking),
-                "added_tokens": n_added,
-                "closed": not thread.cut_by_length,
-                "n_samples": len(out),
-                "n_correct": n_correct,
-                "n_unparsed": sum(g.grade == "unparsed" for g in judged),
-                "j_hat": n_correct / len(out),
-                "mean_answer_tokens": fmean(c.n_tokens for c in out),
-            })
+            added[i] = len(prefix) + len(thread.thinking) - before
+    return rows
+
+
+def _answer_rows(threads: list[_Thread], added: list[int], outputs: list[list], extension: int,
+                 answers: dict[str, str], grader: Grader) -> list[dict]:
+    """Rows for the forced answers after continuation `extension` (threads as that continuation left them)."""
+    grades = iter(grader.grade_completions(
+        [answers[thread.trace["problem_id"]] for thread, out in zip(threads, outputs) for _ in out],
+        [completion.text for out in outputs for completion in out],
+    ))
+    rows = []
+    for thread, n_added, out in zip(threads, added, outputs):
+        judged = [next(grades) for _ in out]
+        n_correct = sum(g.correct for g in judged)
+        rows.append({
+            "trace_id": thread.trace["trace_id"],
+            "problem_id": thread.trace["problem_id"],
+            "extension": extension,
+            "thinking_tokens": len(thread.thinking),
+            "added_tokens": n_added,
+            "closed": not thread.cut_by_length,
+            "n_samples": len(out),
+            "n_correct": n_correct,
+            "n_unparsed": sum(g.grade == "unparsed" for g in judged),
+            "j_hat": n_correct / len(out),
+            "mean_answer_tokens": fmean(c.n_tokens for c in out),
+        })
     return rows
 
 

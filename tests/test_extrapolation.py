@@ -15,6 +15,7 @@ from pipeline.extrapolation import (
 )
 from pipeline.grading import default_grader
 from pipeline.prover import separator
+from pipeline.sampling import request_seed
 from pipeline.templates import PromptBuilder
 from test_prover_selection import make_trace
 
@@ -26,9 +27,11 @@ class ScriptedBackend:
     def __init__(self, prompts: PromptBuilder, continuations: list[str], answer: str):
         self.prompts, self.continuations, self.answer = prompts, list(continuations), answer
         self.requests: list = []
+        self.calls: list[list] = []  # the requests of each generate call
         self.stats = GenerationStats()
 
     def generate(self, requests, on_done=None):
+        self.calls.append(list(requests))
         out = []
         for request in requests:
             self.requests.append(request)
@@ -57,7 +60,8 @@ def test_continuations_rotate_the_markers_and_force_answers(tokenizer):
     rows = extrapolate_traces([trace], {"p1": "2"}, backend, prompts, config, SampleConfig(max_tokens=32),
                               ProverConfig(k=3, max_answer_tokens=16), default_grader())
 
-    first, answer1, second, answer2, third, _ = backend.requests
+    # The answers after continuation e go out in one call with continuation e + 1 (same thinking).
+    (first,), (second, answer1), (third, answer2), (answer3,) = backend.calls
     prompt = trace["prompt_ids"]
     assert first.prompt_ids == prompt + thinking + prompts.encode(separator(tokenizer, thinking) + "Wait")
     assert first.params.stop == ("</think>",) and first.params.max_tokens == 20 and first.params.n == 1
@@ -66,11 +70,15 @@ def test_continuations_rotate_the_markers_and_force_answers(tokenizer):
     close = prompts.encode(separator(tokenizer, extended) + prompts.close_text)
     assert answer1.prompt_ids == prompt + extended + close
     assert answer1.params.n == 3 and not answer1.params.stop
+    # Each answer keeps the seed of its own extension, whichever call carries it.
+    assert [a.params.seed for a in (answer1, answer2, answer3)] == [
+        request_seed(ProverConfig().seed, e, f"{trace['trace_id']}#extend") for e in (1, 2, 3)]
     # The second continuation gets the next marker of the rotation.
     assert second.prompt_ids == prompt + extended + prompts.encode(separator(tokenizer, extended) + "But wait")
     assert tokenizer.decode(answer2.prompt_ids[len(prompt):]).count("</think>") == 1
 
     assert [r["extension"] for r in rows] == [1, 2, 3]
+    assert tokenizer.decode(answer3.prompt_ids[len(third.prompt_ids):]).startswith(" Yes.")
     assert rows[0]["closed"] and not rows[1]["closed"]  # the second one ran out of tokens
     assert rows[0]["thinking_tokens"] == len(extended) and rows[0]["added_tokens"] == len(extended) - len(thinking)
     # Cut by length without a paragraph break: kept whole, then a blank line before the next marker.
@@ -94,7 +102,7 @@ def test_a_length_cut_continuation_drops_its_unfinished_paragraph(tokenizer):
     backend = ScriptedBackend(prompts, [" I check again.\n\nSo the sum is", " It is 2.\n</think>"], "\\boxed{2}")
     rows = extrapolate_traces([trace], {"p1": "2"}, backend, prompts, ExtrapolateConfig(times=2, tokens=40),
                               SampleConfig(max_tokens=16), ProverConfig(k=1), default_grader(), markers=["Wait", "Alternatively"])
-    first, answer1, second, _ = backend.requests
+    (first,), (second, answer1), (_,) = backend.calls
     prompt = trace["prompt_ids"]
     piece = prompts.encode(" I check again.\n\nSo the sum is")  # the model's own ids: "\n", "\n" here
     kept_piece = next(piece[:end] for end in range(len(piece) + 1) if tokenizer.decode(piece[:end]) == " I check again.\n\n")
