@@ -35,8 +35,23 @@ def test_embedded_gguf_converts_to_a_transformers_folder(tmp_path):
 
     from pipeline.models import TORCH_FREE_TOKENIZERS, recorded_tokenizer_class
 
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from pipeline.models import embedded_gguf
+
+    reader_class = gguf.GGUFReader
     out = tmp_path / "smol"
     prepare_base_model(ModelConfig(), out)
+    # The conversion parses the file once (a memoized reader, `_gguf_parsed_once`), then puts gguf back.
+    assert gguf.GGUFReader is reader_class
+    # The weights are the GGUF's, dequantized: two tensors read here with gguf alone (Q8_0 and Q4_1).
+    reader, weights = gguf.GGUFReader(embedded_gguf(ModelConfig().name_or_path)), load_file(out / "model.safetensors")
+    for gguf_name, name in (("token_embd.weight", "model.embed_tokens.weight"),
+                            ("blk.0.ffn_down.weight", "model.layers.0.mlp.down_proj.weight")):
+        tensor = next(t for t in reader.tensors if t.name == gguf_name)
+        np.testing.assert_array_equal(weights[name], gguf.dequantize(tensor.data, tensor.tensor_type))
     config = AutoConfig.from_pretrained(out)
     assert config.model_type == "llama" and not hasattr(config, "quantization_config")
     assert (out / "model.safetensors").stat().st_size > 400_000_000
