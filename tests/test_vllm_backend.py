@@ -234,6 +234,25 @@ def test_the_prover_runs_on_vllm(vllm_backend, hf_backend, prompts):
 
 
 @needs_vllm
+def test_budget_forcing_runs_on_vllm(vllm_backend, hf_backend, prompts):
+    """Budget forcing sends continuation e + 1 and the forced answers after e in one call (stop strings
+    and n differ per request): greedy, the rows are those of the transformers backend."""
+    from pipeline.config import ExtrapolateConfig, ProverConfig, SampleConfig
+    from pipeline.extrapolation import extrapolate_traces
+    from pipeline.grading import Grader
+
+    trace = dict(_trace(prompts, "Calculate 1 + 1.", "I add the numbers.\n\n", "The answer is \\boxed{2}."), finish_reason="stop")
+    config = ExtrapolateConfig(times=2, tokens=12, markers=["Wait", "But wait"])
+    sample, prover = SampleConfig(temperature=0.0, max_tokens=16), ProverConfig(k=2, temperature=0.0, max_answer_tokens=12)
+    with Grader(workers=1) as grader:
+        ours = extrapolate_traces([trace], {"p0": "2"}, vllm_backend, prompts, config, sample, prover, grader)
+        reference = extrapolate_traces([trace], {"p0": "2"}, hf_backend, prompts, config, sample, prover, grader)
+    assert [r["extension"] for r in ours] == [1, 2] and all(r["n_samples"] == 2 for r in ours)
+    assert ours[1]["thinking_tokens"] > ours[0]["thinking_tokens"]
+    assert ours == reference
+
+
+@needs_vllm
 def test_data_parallel_engines_give_the_same_samples(vllm_backend, vllm_model_dir, tokenizer, prompts):
     """Two engines in worker processes: every request keeps its seed, so the outputs are those of one engine."""
     from pipeline.backends import make_backend
