@@ -94,9 +94,9 @@ def extrapolate_traces(
     rows: list[dict] = []
     added = [0] * len(threads)  # tokens the last continuation added to each thread
     for extension in range(1, config.times + 2):
-        continuing = extension <= config.times
         marker = markers[(extension - 1) % len(markers)]
-        prefixes = [prompts.encode(separator(prompts.tokenizer, thread.thinking) + marker) for thread in threads] if continuing else []
+        continuing = threads if extension <= config.times else []
+        prefixes = [prompts.encode(separator(prompts.tokenizer, thread.thinking) + marker) for thread in continuing]
         requests = [
             Request(
                 list(thread.trace["prompt_ids"]) + thread.thinking + prefix,
