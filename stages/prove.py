@@ -9,7 +9,7 @@ from collections import defaultdict
 import pyarrow as pa
 
 from pipeline.config import Params
-from pipeline.io import ShardedWriter, read_table, write_json
+from pipeline.io import ShardedWriter, read_table
 from pipeline.models import fingerprint
 from pipeline.prover import prove_traces
 from pipeline.tables import EPISODES, PROVER, TRACES, from_rows
@@ -63,8 +63,10 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
             )
             writer.write(index, from_rows(table_rows, PROVER))
     finished = writer.finish(n_shards)
+    # This process's generation counters go to the log, not into the table's folder: they cover only
+    # the shards this process wrote (a resumed or multi-node run) and hold a timing, so a folder
+    # holding them would differ between identical runs and make DVC rerun every stage after `prove`.
     stats = backend.stats
-    write_json(stats.__dict__, paths.prover(round_index) / "_run_stats.json")
     backend.close()
     saved = 1 - stats.prefill_tokens / max(1, stats.prompt_tokens)
     return ("" if finished else writer.progress_note(n_shards) + "\n") + (
