@@ -246,13 +246,13 @@ def check_crashed(folder: Path, reference_shards: dict[str, list[dict]], schema)
         read_table(folder, schema)
 
 
-def check_final(folder: Path, reference, reference_rows: list[dict], expected_extra: set[str], schema) -> None:
+def check_final(folder: Path, reference, reference_rows: list[dict], schema) -> None:
     rows = read_table(folder, schema).to_pylist()
     assert [r["trace_id"] for r in rows] == [r["trace_id"] for r in reference_rows]
     assert rows == reference_rows
     keys = [(r["trace_id"], r.get("prefix_index")) for r in rows]
     assert len(keys) == len(set(keys)), "duplicate rows"
-    assert set(os.listdir(folder)) == set(reference.shards(folder.name)) | {MANIFEST, COMPLETE} | expected_extra
+    assert set(os.listdir(folder)) == set(reference.shards(folder.name)) | {MANIFEST, COMPLETE}
     # Byte for byte the clean run's folder, so DVC hashes it the same and reruns nothing downstream.
     clean = reference.workdir / (TRACES_DIR if folder.name == "traces" else PROVER_DIR)
     assert {n: (folder / n).read_bytes() for n in os.listdir(folder)} == {n: (clean / n).read_bytes() for n in os.listdir(clean)}
@@ -337,7 +337,7 @@ def test_sample_survives_sigkill_and_ctrl_c(tmp_path, reference):
     out = mrt(workdir, *args)
     assert f"sampled {(SAMPLE_SHARDS - len(done)) * 2} traces in {SAMPLE_SHARDS - len(done)} shard(s)" in out
     assert {n: stamps(folder)[n] for n in done} == done, "completed shards were rewritten"
-    check_final(folder, reference, reference.traces, set(), TRACES)
+    check_final(folder, reference, reference.traces, TRACES)
     assert "all trace shards already complete" in mrt(workdir, *args)
 
 
@@ -371,7 +371,7 @@ def test_prove_survives_sigkill(tmp_path, reference):
     out = mrt(workdir, *args)
     assert f"proved {(PROVER_SHARDS - len(done)) * 2} traces" in out
     assert {n: stamps(folder)[n] for n in done} == done, "completed shards were rewritten"
-    check_final(folder, reference, reference.prover, set(), PROVER)
+    check_final(folder, reference, reference.prover, PROVER)
     assert "all prover shards already complete" in mrt(workdir, *args)
 
 

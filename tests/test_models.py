@@ -31,15 +31,12 @@ def test_missing_paths_are_named(tmp_path):
 
 @pytest.mark.slow  # converts the 98 MB GGUF: 146 s in the fast-set run on a loaded machine
 def test_embedded_gguf_converts_to_a_transformers_folder(tmp_path):
-    from transformers import AutoConfig, AutoTokenizer
-
-    from pipeline.models import TORCH_FREE_TOKENIZERS, recorded_tokenizer_class
-
     import gguf
     import numpy as np
     from safetensors.numpy import load_file
+    from transformers import AutoConfig, AutoTokenizer
 
-    from pipeline.models import embedded_gguf
+    from pipeline.models import TORCH_FREE_TOKENIZERS, embedded_gguf, recorded_tokenizer_class
 
     reader_class = gguf.GGUFReader
     out = tmp_path / "smol"
