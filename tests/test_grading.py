@@ -140,12 +140,53 @@ def test_too_complex_answers_cost_no_worker_time(grader):
 
 
 @pytest.mark.slow  # kills and replaces a worker process
-def test_a_dead_worker_is_replaced():
+def test_a_worker_killed_while_idle_is_replaced_and_no_answer_is_charged():
+    """Killed between batches (the OOM killer, a stray signal), it held no answer: the next batch
+    goes whole to a fresh worker and every answer gets its real grade."""
     with Grader(workers=1, timeout_seconds=2.0) as pool:
         pool.grade_answers(["1"], ["x^0"])
-        os.kill(pool._pool[0].process.pid, signal.SIGKILL)
+        dead = pool._pool[0].process
+        os.kill(dead.pid, signal.SIGKILL)
+        dead.wait()  # the kill has landed before the next batch
         grades = pool.grade_answers(["2", "3"], [r"\frac{4}{2}", r"\frac{6}{2}"])
-        assert grades[0].reason == "error" and grades[1].grade == CORRECT
+        assert [(g.grade, g.reason) for g in grades] == [(CORRECT, None), (CORRECT, None)]
+        assert pool.stats.workers_replaced == 1
+
+
+@pytest.mark.slow  # kills and replaces a worker process
+def test_a_worker_that_dies_between_the_check_and_the_write_is_replaced(monkeypatch):
+    """The write to a dead worker's pipe fails (EPIPE): the batch goes to a fresh worker, whole."""
+    with Grader(workers=1, timeout_seconds=2.0) as pool:
+        pool.grade_answers(["1"], ["x^0"])
+        dead = pool._pool[0].process
+        os.kill(dead.pid, signal.SIGKILL)
+        dead.wait()
+        monkeypatch.setattr(dead, "poll", lambda: None)  # it still looks alive when the batch is sent
+        grades = pool.grade_answers(["2", "3"], [r"\frac{4}{2}", r"\frac{7}{2}"])
+        assert [(g.grade, g.reason) for g in grades] == [(CORRECT, None), (INCORRECT, None)]
+        assert pool.stats.workers_replaced == 1
+
+
+@pytest.mark.slow  # kills and replaces a worker process
+def test_a_worker_that_dies_while_judging_charges_that_answer_and_requeues_the_rest():
+    """Death mid-judgement (out of memory on that answer) is recorded as `error` for the answer
+    it was on; the rest of its batch is judged by a fresh worker."""
+    with Grader(workers=1, timeout_seconds=60.0) as pool:
+        pool.grade_answers(["1"], ["x^0"])  # started, imports done
+        worker = pool._pool[0]
+        results = []
+        judging = threading.Thread(target=lambda: results.append(pool.grade_answers(["1", "3"], [SLOW, r"\frac{6}{2}"])))
+        judging.start()
+        deadline = time.monotonic() + 30
+        while list(worker.pending) != [0, 1] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert list(worker.pending) == [0, 1], "the batch never reached the worker"
+        time.sleep(0.5)  # it is expanding the slow answer, the first of its batch
+        os.kill(worker.process.pid, signal.SIGKILL)
+        judging.join(timeout=60)
+        [grades] = results
+        assert [(g.grade, g.reason) for g in grades] == [(UNPARSED, "error"), (CORRECT, None)]
+        assert pool.stats.workers_replaced == 1 and pool.stats.timeouts == 0
 
 
 def test_time_limit_holds_outside_the_main_thread(grader):

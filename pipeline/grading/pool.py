@@ -230,7 +230,10 @@ class Grader:
     def _replace(self, worker: _Worker) -> _Worker:
         worker.process.kill()
         worker.process.wait()
-        worker.process.stdin.close()
+        try:
+            worker.process.stdin.close()
+        except BrokenPipeError:  # a batch that never reached it is still buffered; it goes elsewhere
+            pass
         worker.process.stdout.close()
         self.stats.workers_replaced += 1
         fresh = self._spawn()
@@ -260,12 +263,13 @@ class Grader:
         timed_out: list[int] = []
         limit = self.timeout_seconds
         while queue or busy:
-            for position, worker in enumerate(pool):
+            for position in range(len(pool)):
+                worker = pool[position]
                 if worker.pending or not queue:
                     continue
                 size = max(1, min(self.chunk_size, -(-len(queue) // len(pool))))
                 chunk = [queue.popleft() for _ in range(min(size, len(queue)))]
-                worker.send([(i, *tasks[i]) for i in chunk])
+                worker = self._send(pool, worker, [(i, *tasks[i]) for i in chunk])
                 worker.pending.extend(chunk)
                 # Until a fresh worker says it is ready (imports done), its start-up is allowed for.
                 worker.start_clock(limit, 0.0 if worker.started else STARTUP_SECONDS)
@@ -301,6 +305,26 @@ class Grader:
                     if results[stuck] == (UNPARSED, "timeout"):
                         timed_out.append(stuck)
         return timed_out
+
+    def _send(self, pool: list[_Worker], worker: _Worker, batch: list) -> _Worker:
+        """Hand `batch` to `worker`, or to its replacement if it died while idle; returns the one that took it.
+
+        A worker killed between batches (OOM killer, a stray signal) held no answer, so none is
+        charged for it: the batch goes whole to a fresh worker. One that dies while judging is
+        caught later, by its closed output (`_fail_first`)."""
+        if worker.process.poll() is not None:
+            worker = self._revive(pool, worker)
+        try:
+            worker.send(batch)
+        except BrokenPipeError:  # it died between the poll and the write
+            worker = self._revive(pool, worker)
+            worker.send(batch)  # a fresh worker that cannot take input is a broken environment: raise
+        return worker
+
+    def _revive(self, pool: list[_Worker], dead: _Worker) -> _Worker:
+        fresh = self._replace(dead)
+        self._swap(pool, dead, fresh)
+        return fresh
 
     def _swap(self, pool: list[_Worker], old: _Worker, fresh: _Worker) -> None:
         """`_replace` updated the grader's pool; a sub-pool (the retry's lone worker) follows it."""
