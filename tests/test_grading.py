@@ -21,6 +21,7 @@ from pipeline.grading import (
     INCORRECT,
     UNPARSED,
     Grader,
+    GraderUnavailableError,
     answer_part,
     extract_answer,
     grade_completion,
@@ -187,6 +188,39 @@ def test_a_worker_that_dies_while_judging_charges_that_answer_and_requeues_the_r
         [grades] = results
         assert [(g.grade, g.reason) for g in grades] == [(UNPARSED, "error"), (CORRECT, None)]
         assert pool.stats.workers_replaced == 1 and pool.stats.timeouts == 0
+
+
+def test_workers_that_cannot_start_stop_the_run_instead_of_grading_every_answer_error(monkeypatch, tmp_path):
+    """A broken environment (math-verify missing, a bad PYTHONPATH) would otherwise record every
+    answer as `unparsed`/`error`, which reads like a model that never answers."""
+    import pipeline.grading.pool as pool_module
+    from typer.testing import CliRunner
+
+    from stages.cli import app
+
+    monkeypatch.setattr(pool_module, "_WORKER_MAIN", "import sys; sys.exit(3)")
+    with Grader(workers=2, timeout_seconds=1.0) as pool:
+        with pytest.raises(GraderUnavailableError, match=r"3 grading workers in a row .* exit code 3"):
+            pool.grade_answers(["x^2"] * 4, ["x^2", "x^3", "x^4", "x^5"])
+        assert pool.stats.timeouts == 0
+    source = tmp_path / "pairs.jsonl"
+    source.write_text(json.dumps({"gold": "x^2", "prediction": "\\boxed{x^2}"}) + "\n")
+    result = CliRunner().invoke(app, ["grade", str(source), "--workers", "1"])
+    assert result.exit_code == 2 and "during start-up" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "pairs.graded.parquet").exists()
+
+
+def test_a_worker_that_fails_to_start_once_is_replaced_and_charges_no_answer(monkeypatch, tmp_path):
+    import pipeline.grading.pool as pool_module
+
+    monkeypatch.setenv("MRT_TEST_FIRST_START", str(tmp_path / "started-once"))
+    flaky = ("import os, sys, pathlib; mark = pathlib.Path(os.environ['MRT_TEST_FIRST_START']); first = not mark.exists(); "
+             "mark.touch(); first and sys.exit(1); from pipeline.grading.worker import main; main()")
+    monkeypatch.setattr(pool_module, "_WORKER_MAIN", flaky)
+    with Grader(workers=1, timeout_seconds=2.0) as pool:
+        grades = pool.grade_answers(["x^2", "x^2"], ["x^2", "x^3"])
+        assert [(g.grade, g.reason) for g in grades] == [(CORRECT, None), (INCORRECT, None)]
+        assert pool.stats.workers_replaced == 1
 
 
 def test_time_limit_holds_outside_the_main_thread(grader):

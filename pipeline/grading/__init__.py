@@ -11,11 +11,11 @@ from pipeline.grading.extraction import (
     DEFAULT_FALLBACKS, FALLBACK_NAMES, FALLBACK_PATTERNS, THINK_CLOSE, answer_part, extract_answer, last_boxed, read_answer,
 )
 from pipeline.grading.normalize import plain_to_latex, readings
-from pipeline.grading.pool import Grade, Grader, GraderStats, default_grader, grade_answer, grade_completion
+from pipeline.grading.pool import Grade, Grader, GraderStats, GraderUnavailableError, default_grader, grade_answer, grade_completion
 
 __all__ = [
     "CORRECT", "INCORRECT", "UNPARSED", "DEFAULT_FALLBACKS", "FALLBACK_NAMES", "FALLBACK_PATTERNS", "THINK_CLOSE",
-    "Grade", "Grader", "GraderStats", "answer_part", "default_grader", "extract_answer", "gold_text",
+    "Grade", "Grader", "GraderStats", "GraderUnavailableError", "answer_part", "default_grader", "extract_answer", "gold_text",
     "grade_answer", "grade_completion", "judge", "last_boxed", "parse_gold", "parse_math",
     "plain_to_latex", "prepare", "read_answer", "readings",
 ]

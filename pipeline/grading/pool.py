@@ -35,6 +35,7 @@ STARTUP_SECONDS = 30.0  # allowance for a new worker's imports, on top of the pe
 SOFT_FRACTION = 0.8  # the worker's own timer stops Python-level work at this share of the limit
 BACKSTOP_FACTOR, BACKSTOP_SECONDS = 4.0, 5.0  # wall-clock backstop: 4 x limit + 5 s without CPU progress
 POLL_SECONDS = 0.1  # how often a busy worker's CPU time is read
+FAILED_STARTS = 3  # workers in a row that exit before they are ready: the environment is broken
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _WORKER_MAIN = "from pipeline.grading.worker import main; main()"
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -51,11 +52,16 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+class GraderUnavailableError(ChildProcessError):
+    """Grading workers exit during start-up, before any answer reaches them: grading every answer
+    `error` would look like a model that never answers, so the run stops instead."""
+
+
 @dataclass(frozen=True)
 class Grade:
     """One graded answer. `reason` says why a grade is `unparsed`:
     no_answer, too_long, too_complex (`equivalence.too_complex`), unparsed_gold, unparsed_prediction, timeout (over the CPU-time limit
-    twice, the second time alone) or error (the worker died or never started)."""
+    twice, the second time alone) or error (the worker died while judging it)."""
 
     grade: str
     extracted: str | None
@@ -140,6 +146,7 @@ class Grader:
         self._cache: OrderedDict[tuple, tuple[str, str | None]] = OrderedDict()
         self._pool: list[_Worker] = []
         self._lock = threading.Lock()
+        self._failed_starts = 0  # workers in a row that exited before they were ready
 
     # -- public API ---------------------------------------------------------------------
 
@@ -287,6 +294,7 @@ class Grader:
                     for reply in replies:
                         if reply == ["ready"]:
                             worker.started = True
+                            self._failed_starts = 0
                             worker.start_clock(limit)
                             continue
                         task_index, grade, reason, seconds = reply
@@ -306,25 +314,35 @@ class Grader:
                         timed_out.append(stuck)
         return timed_out
 
+    def _restart(self, worker: _Worker) -> _Worker:
+        """Replace a worker that exited before it was ready; raise once `FAILED_STARTS` did so in a row."""
+        self._failed_starts += 1
+        if self._failed_starts >= FAILED_STARTS:
+            worker.process.kill()  # no-op if it has exited; then its own exit code is kept
+            worker.process.wait()
+            raise GraderUnavailableError(
+                f"{self._failed_starts} grading workers in a row died or stalled during start-up (the last: exit "
+                f"code {worker.process.returncode}), before any answer reached them; their error is printed above. "
+                f"Check that `{sys.executable} -c \"{_WORKER_MAIN}\"` runs in this environment."
+            )
+        return self._replace(worker)
+
     def _send(self, pool: list[_Worker], worker: _Worker, batch: list) -> _Worker:
         """Hand `batch` to `worker`, or to its replacement if it died while idle; returns the one that took it.
 
         A worker killed between batches (OOM killer, a stray signal) held no answer, so none is
         charged for it: the batch goes whole to a fresh worker. One that dies while judging is
         caught later, by its closed output (`_fail_first`)."""
-        if worker.process.poll() is not None:
-            worker = self._revive(pool, worker)
-        try:
-            worker.send(batch)
-        except BrokenPipeError:  # it died between the poll and the write
-            worker = self._revive(pool, worker)
-            worker.send(batch)  # a fresh worker that cannot take input is a broken environment: raise
-        return worker
-
-    def _revive(self, pool: list[_Worker], dead: _Worker) -> _Worker:
-        fresh = self._replace(dead)
-        self._swap(pool, dead, fresh)
-        return fresh
+        while True:
+            if worker.process.poll() is None:
+                try:
+                    worker.send(batch)
+                    return worker
+                except BrokenPipeError:  # it died between the poll and the write
+                    pass
+            fresh = self._replace(worker) if worker.started else self._restart(worker)
+            self._swap(pool, worker, fresh)
+            worker = fresh
 
     def _swap(self, pool: list[_Worker], old: _Worker, fresh: _Worker) -> None:
         """`_replace` updated the grader's pool; a sub-pool (the retry's lone worker) follows it."""
@@ -332,10 +350,14 @@ class Grader:
             pool[pool.index(old)] = fresh
 
     def _fail_first(self, worker: _Worker, results: list, queue: deque, reason: str) -> _Worker:
-        """Record the worker's current answer as unparsed, requeue the rest; returns its replacement."""
-        stuck = worker.pending.popleft()
+        """Record the worker's current answer as unparsed, requeue the rest; returns its replacement.
+
+        A worker that died or stalled before it was ready (still importing) had read no answer:
+        its whole batch goes back in the queue and nothing is recorded."""
         if not worker.started:
-            reason = "error"  # the worker never came up: not the answer's fault
+            queue.extendleft(reversed(worker.pending))
+            return self._restart(worker)
+        stuck = worker.pending.popleft()
         results[stuck] = (UNPARSED, reason)
         if reason == "timeout":
             self.stats.slowest_seconds = max(self.stats.slowest_seconds, self.timeout_seconds)
