@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -266,10 +267,54 @@ def test_data_parallel_engines_give_the_same_samples(vllm_backend, vllm_model_di
     try:
         done = []
         parallel = pool.generate(requests, on_done=done.append)
+        assert [[c.token_ids for c in r] for r in parallel] == [[c.token_ids for c in r] for r in single]
+        assert sum(done) == 2 * len(PROBLEMS) and pool.stats.generated_tokens == sum(c.n_tokens for r in single for c in r)
+
+        # One engine killed (the out-of-memory killer's SIGKILL): the next call names it and stops
+        # the other, and no process of either engine is left running.
+        import psutil
+
+        workers = [psutil.Process(proc.pid) for proc in pool._procs]
+        processes = workers + [child for worker in workers for child in worker.children(recursive=True)]
+        os.kill(pool._procs[1].pid, signal.SIGKILL)
+        with pytest.raises(RuntimeError, match=r"worker 1 \(pid \d+\) died without a message \(killed by SIGKILL"):
+            pool.generate(requests)
+        _, alive = psutil.wait_procs(processes, timeout=60)
+        assert not alive, [(p.pid, p.cmdline()) for p in alive]
     finally:
         pool.close()
-    assert [[c.token_ids for c in r] for r in parallel] == [[c.token_ids for c in r] for r in single]
-    assert sum(done) == 2 * len(PROBLEMS) and pool.stats.generated_tokens == sum(c.n_tokens for r in single for c in r)
+
+
+class _ExitsWhenUnpickled:
+    """Sent to a data-parallel worker, it ends that process (exit code 7) before it runs a line of ours."""
+
+    def __reduce__(self):
+        return (os._exit, (7,))
+
+
+@pytest.mark.parametrize("engines", [1, 2])
+def test_a_data_parallel_worker_that_dies_in_start_up_is_named_never_waited_for(engines):
+    """Its pipe end must close with it: with the parent still holding the last worker's end, a
+    dead worker used to read as silence and the run hung for ever (here: 60 s, then a failure)."""
+    import threading
+    from types import SimpleNamespace
+
+    from pipeline.backends.vllm_pool import VLLMPool
+
+    backend = SimpleNamespace(data_parallel_size=engines, tensor_parallel_size=1, pipeline_parallel_size=1)
+    raised = []
+
+    def start():
+        try:
+            VLLMPool(_ExitsWhenUnpickled(), backend, None)
+        except RuntimeError as error:
+            raised.append(str(error))
+
+    starting = threading.Thread(target=start, daemon=True)
+    starting.start()
+    starting.join(timeout=60)
+    assert not starting.is_alive(), "VLLMPool waited for a dead worker"
+    assert raised and "worker 0" in raised[0] and "died without a message (exit code 7)" in raised[0]
 
 
 @needs_vllm

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import traceback
 from multiprocessing.connection import Connection, wait
 
@@ -74,6 +75,16 @@ def _worker(rank: int, conn: Connection, ref, backend, model) -> None:
             conn.send(("error", traceback.format_exc()))
 
 
+def _exit_cause(code: int | None) -> str:
+    """A dead worker's exit code in words, with the usual reason for the common signals."""
+    if code is None or code >= 0:
+        return f"exit code {code}"
+    name = signal.Signals(-code).name
+    usual = {"SIGKILL": ": usually the out-of-memory killer", "SIGSEGV": ": a crash in native code (driver, engine)",
+             "SIGABRT": ": a crash in native code (driver, engine)"}
+    return f"killed by {name}{usual.get(name, '')}"
+
+
 class VLLMPool:
     """`base.Backend` over `backend.data_parallel_size` engines in worker processes."""
 
@@ -87,13 +98,71 @@ class VLLMPool:
             # Not a daemon: the worker starts vLLM's own engine processes.
             proc = context.Process(target=_worker, args=(rank, child, ref, backend, model), daemon=False)
             proc.start()
+            child.close()  # only the worker holds its end now: its death reads as EOF here, never a hang
             self._conns.append(parent)
             self._procs.append(proc)
-        for conn in self._conns:
-            self._expect(conn, "ready")
+        self._engine_processes: list = []
+        for rank in range(len(self._conns)):
+            self._expect(rank, "ready")
+        # vLLM's engine-core processes under each worker: a worker that is killed leaves them
+        # running (orphans), still holding their memory; `_abort` ends them by these records.
+        self._engine_processes = self._descendants()
 
-    def _expect(self, conn: Connection, kind: str):
-        message, payload = conn.recv()
+    def _receive(self, rank: int) -> tuple[str, object]:
+        """The worker's next message; a worker that died without one (killed, out of memory, a
+        crash in native code) stops every engine and raises an error that names it."""
+        try:
+            return self._conns[rank].recv()
+        except (EOFError, OSError):
+            proc = self._procs[rank]
+            proc.join(timeout=10)
+            code = proc.exitcode
+            self._abort()
+            raise RuntimeError(
+                f"vLLM data-parallel worker {rank} (pid {proc.pid}) died without a message ({_exit_cause(code)}). "
+                "Every engine was stopped; completed shards are kept: rerun the stage to resume."
+            ) from None
+
+    def _descendants(self) -> list:
+        import psutil  # a dependency of vLLM and accelerate
+
+        found = []
+        for proc in self._procs:
+            try:
+                found.extend(psutil.Process(proc.pid).children(recursive=True))
+            except psutil.NoSuchProcess:
+                pass
+        return found
+
+    def _abort(self) -> None:
+        """Stop every worker and its engine processes now (after one died): none is left running
+        or holding memory, none is waited for longer than 30 s."""
+        import psutil
+
+        engines = {p.pid: p for p in self._engine_processes + self._descendants()}.values()
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.terminate()
+        for engine in engines:
+            try:
+                engine.terminate()  # SIGTERM: vLLM's engine core shuts itself and its workers down
+            except psutil.NoSuchProcess:
+                pass
+        _, stuck = psutil.wait_procs(list(engines), timeout=30)
+        for engine in stuck:
+            try:
+                engine.kill()
+            except psutil.NoSuchProcess:
+                pass
+        for proc in self._procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        self._conns, self._procs, self._engine_processes = [], [], []
+
+    def _expect(self, rank: int, kind: str):
+        message, payload = self._receive(rank)
         if message == "error":
             self.close()
             raise RuntimeError(f"a vLLM data-parallel worker failed:\n{payload}")
@@ -110,7 +179,7 @@ class VLLMPool:
         pending = {conn: (start, end) for conn, start, end in runs}
         while pending:
             for conn in wait(list(pending)):
-                message, payload = conn.recv()
+                message, payload = self._receive(self._conns.index(conn))
                 if message == "progress":
                     if on_done:
                         on_done(payload)
