@@ -180,3 +180,35 @@ def test_import_without_a_traces_source_names_the_key():
 
     result = CliRunner().invoke(app, ["import-traces", "--set", "sample.traces_source=null"])
     assert result.exit_code == 2 and "sample.traces_source is not set" in result.output
+
+
+def test_a_failed_prove_still_closes_its_engine(imported_run, tmp_path, monkeypatch):
+    """A prove that fails half way (here: the prover raises) closes its backend on the way out, so
+    no vLLM engine process outlives the stage. Run on a copy of the round: the module's own
+    prover table is left alone."""
+    import shutil
+
+    from stages import prove, split
+
+    workdir, params, _, _ = imported_run
+    shutil.copytree(workdir / "data", tmp_path / "data")
+    params = params.model_copy(update={"data_dir": tmp_path / "data", "metrics_dir": tmp_path / "metrics"})
+    shutil.rmtree(tmp_path / "data/rounds/0/prover", ignore_errors=True)
+    split.run(params, 0)
+    closed = []
+    opened = prove.open_policy
+
+    def open_policy(*args, **kwargs):
+        ref, prompts, backend = opened(*args, **kwargs)
+        close = backend.close
+        backend.close = lambda: (closed.append(True), close())
+        return ref, prompts, backend
+
+    def prover_fails(*args, **kwargs):
+        raise RuntimeError("the prover failed")
+
+    monkeypatch.setattr(prove, "open_policy", open_policy)
+    monkeypatch.setattr(prove, "prove_traces", prover_fails)
+    with pytest.raises(RuntimeError, match="the prover failed"):
+        prove.run(params, 0)
+    assert closed == [True]
