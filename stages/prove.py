@@ -13,7 +13,7 @@ from pipeline.io import ShardedWriter, read_table
 from pipeline.models import fingerprint
 from pipeline.prover import prove_traces
 from pipeline.tables import EPISODES, PROVER, TRACES, from_rows
-from stages.common import layout, open_grader, open_policy, progress, require_scored, rows
+from stages.common import layout, lazy_policy, open_grader, progress, require_scored, rows
 
 
 def _inputs_hash(traces: pa.Table, episode_ends: dict[str, list[int]]) -> str:
@@ -52,24 +52,23 @@ def run(params: Params, round_index: int, arm: str | None = None) -> str:
         if not writer.finish(n_shards):
             return f"round {round_index}: {writer.progress_note(n_shards)}"
         return f"round {round_index}: all prover shards already complete"
-    _, prompts, backend = open_policy(params, round_index, arm)
     total = sum(len(episode_ends.get(t, [])) + 1 for _, start in shards for t in trace_ids[start : start + size]) * params.prover.k
     name = f"r{round_index}" if round_index == 0 else f"{paths.arm} r{round_index}"
-    try:  # closed on any exit, so a failed or interrupted stage leaves no engine process behind
-        with progress(total, f"prove {name}") as update, open_grader(params) as grader:
+    # The backend is closed on any exit, so a failed or interrupted stage leaves no engine process behind.
+    with lazy_policy(params, round_index, arm) as engine, open_grader(params) as grader:
+        _, prompts, backend = engine()
+        with progress(total, f"prove {name}") as update:
             for index, start in shards:
                 chunk = traces.slice(start, size).to_pylist()
                 table_rows = prove_traces(
                     chunk, episode_ends, answers, backend, prompts, params.prover, on_done=update, grader=grader
                 )
                 writer.write(index, from_rows(table_rows, PROVER))
-    finally:
-        backend.close()
+        # This process's generation counters go to the log, not into the table's folder: they cover only
+        # the shards this process wrote (a resumed or multi-node run) and hold a timing, so a folder
+        # holding them would differ between identical runs and make DVC rerun every stage after `prove`.
+        stats = backend.stats
     finished = writer.finish(n_shards)
-    # This process's generation counters go to the log, not into the table's folder: they cover only
-    # the shards this process wrote (a resumed or multi-node run) and hold a timing, so a folder
-    # holding them would differ between identical runs and make DVC rerun every stage after `prove`.
-    stats = backend.stats
     saved = 1 - stats.prefill_tokens / max(1, stats.prompt_tokens)
     return ("" if finished else writer.progress_note(n_shards) + "\n") + (
         f"round {round_index}: proved {sum(len(trace_ids[s : s + size]) for _, s in shards)} traces ({total} answers); "

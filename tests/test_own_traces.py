@@ -188,7 +188,7 @@ def test_a_failed_prove_still_closes_its_engine(imported_run, tmp_path, monkeypa
     prover table is left alone."""
     import shutil
 
-    from stages import prove, split
+    from stages import common, prove, split
 
     workdir, params, _, _ = imported_run
     shutil.copytree(workdir / "data", tmp_path / "data")
@@ -196,7 +196,7 @@ def test_a_failed_prove_still_closes_its_engine(imported_run, tmp_path, monkeypa
     shutil.rmtree(tmp_path / "data/rounds/0/prover", ignore_errors=True)
     split.run(params, 0)
     closed = []
-    opened = prove.open_policy
+    opened = common.open_policy
 
     def open_policy(*args, **kwargs):
         ref, prompts, backend = opened(*args, **kwargs)
@@ -207,7 +207,7 @@ def test_a_failed_prove_still_closes_its_engine(imported_run, tmp_path, monkeypa
     def prover_fails(*args, **kwargs):
         raise RuntimeError("the prover failed")
 
-    monkeypatch.setattr(prove, "open_policy", open_policy)
+    monkeypatch.setattr(common, "open_policy", open_policy)
     monkeypatch.setattr(prove, "prove_traces", prover_fails)
     with pytest.raises(RuntimeError, match="the prover failed"):
         prove.run(params, 0)
